@@ -1,0 +1,21 @@
+"""attnlab: experimental attention architectures as Hugging Face transformers models.
+
+Importing the package registers every member with AutoConfig, AutoModel and AutoModelForCausalLM.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .configuration_triple_product import TripleProductConfig
+from .modeling_triple_product import TripleProductForCausalLM, TripleProductModel
+
+_CAUSAL_LM_MEMBERS = [
+    (TripleProductConfig, TripleProductModel, TripleProductForCausalLM),
+]
+
+for _config, _model, _causal_lm in _CAUSAL_LM_MEMBERS:
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModel.register(_config, _model, exist_ok=True)
+    AutoModelForCausalLM.register(_config, _causal_lm, exist_ok=True)
+
+__version__ = "0.1.0"
+__all__ = ["TripleProductConfig", "TripleProductForCausalLM", "TripleProductModel"]

@@ -1,0 +1,108 @@
+"""triple_product against the seed's literal module, and the numerics and memory claims of its docstring."""
+
+import pytest
+import torch
+
+from attnlab import TripleProductConfig
+from attnlab.modeling_common import AttnlabRotaryEmbedding
+from attnlab.modeling_triple_product import TripleProductAttention, query_plane, triple_product_attention
+from tests.reference.seed_003_triple_product import TripleProductAttention as SeedTripleProductAttention
+
+WIDTH, HEADS = 32, 4
+
+
+def paired_modules(chunk_size):
+    """The seed module and ours with the same weights.
+
+    The seed's RoPE rotates interleaved pairs (2m, 2m+1); ours (Llama's convention) rotates (m, m + d/2). Permuting
+    the q, k, r output rows of every head maps one pairing onto the other; inner products, and so the scores, are
+    unchanged by a permutation applied to all three.
+    """
+    torch.manual_seed(0)
+    seed = SeedTripleProductAttention(WIDTH, HEADS, max_len=128)
+    config = TripleProductConfig(hidden_size=WIDTH, num_attention_heads=HEADS, query_chunk_size=chunk_size)
+    ours = TripleProductAttention(config, layer_idx=0)
+    head_dim = WIDTH // HEADS
+    per_head = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
+    rows = torch.cat([h * head_dim + per_head for h in range(HEADS)])
+    with torch.no_grad():
+        ours.q_proj.weight.copy_(seed.W_q.weight[rows])
+        ours.k_proj.weight.copy_(seed.W_k.weight[rows])
+        ours.r_proj.weight.copy_(seed.W_r.weight[rows])
+        ours.v_proj.weight.copy_(seed.W_v.weight)
+        ours.o_proj.weight.copy_(seed.W_o.weight)
+    rotary = AttnlabRotaryEmbedding(head_dim, 10000.0)
+    return seed, ours, rotary
+
+
+@pytest.mark.parametrize("chunk_size", [7, 256])
+def test_matches_the_seed_module(chunk_size):
+    seed, ours, rotary = paired_modules(chunk_size)
+    x = torch.randn(2, 50, WIDTH)
+    positions = torch.arange(50)[None].expand(2, -1)
+    torch.testing.assert_close(ours(x, position_embeddings=rotary(positions)), seed(x), atol=1e-5, rtol=0)
+
+
+def test_gradients_match_the_seed_module():
+    seed, ours, rotary = paired_modules(chunk_size=9)
+    x = torch.randn(2, 40, WIDTH)
+    seed(x).square().sum().backward()
+    ours(x, position_embeddings=rotary(torch.arange(40)[None].expand(2, -1))).square().sum().backward()
+    torch.testing.assert_close(ours.v_proj.weight.grad, seed.W_v.weight.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.o_proj.weight.grad, seed.W_o.weight.grad, atol=1e-4, rtol=1e-4)
+
+
+def sarrus_scores(q, k, r, scale):
+    a, b, g = (q * q).sum(-1, keepdim=True), (r * r).sum(-1, keepdim=True), (q * r).sum(-1, keepdim=True)
+    kk = (k * k).sum(-1)[..., None, :]
+    qk, rk = q @ k.transpose(-1, -2), r @ k.transpose(-1, -2)
+    return -(a * kk * b + 2 * qk * rk * g - a * rk**2 - kk * g**2 - b * qk**2) * scale
+
+
+def projection_scores(q, k, r, scale):
+    s, t, row_weight = query_plane(q, r, scale)
+    return (s @ k.transpose(-1, -2)) ** 2 + (t @ k.transpose(-1, -2)) ** 2 - row_weight * (k * k).sum(-1)[..., None, :]
+
+
+def test_projection_form_is_accurate_where_the_sarrus_expansion_cancels():
+    """q and r nearly parallel (a thin query plane) and keys near the plane: Sarrus loses the score to rounding."""
+    torch.manual_seed(0)
+    q = 3 * torch.randn(1, 1, 64, 32, dtype=torch.float64)
+    r = q + 0.01 * torch.randn_like(q)
+    mix = torch.randn(1, 1, 64, 2, dtype=torch.float64)
+    k = mix[..., :1] * q + mix[..., 1:] * r + 0.1 * torch.randn_like(q)
+    scale = 32**-1.5
+    exact = sarrus_scores(q, k, r, scale)  # float64: accurate enough to be the reference
+    error_sarrus = (sarrus_scores(q.float(), k.float(), r.float(), scale) - exact).abs().median()
+    error_ours = (projection_scores(q.float(), k.float(), r.float(), scale) - exact).abs().median()
+    assert error_ours * 100 < error_sarrus
+
+
+def test_degenerate_query_planes_give_a_uniform_causal_average():
+    q = torch.randn(1, 1, 6, 8)
+    for r in (torch.zeros_like(q), 2 * q):  # no plane at all, or q parallel to r
+        k, v = torch.randn(1, 1, 6, 8), torch.randn(1, 1, 6, 8)
+        out = triple_product_attention(q, k, r, v, None, scale=8**-1.5, chunk_size=4)
+        expected = v.cumsum(2) / torch.arange(1, 7)[:, None]
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def saved_bytes_for_backward(seq_len, chunk_size):
+    """Bytes autograd keeps from the forward pass of the attention core (what training memory holds per layer)."""
+    storages = {}  # views of one tensor share its storage: count each storage once
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    q, k, r, v = (torch.randn(1, 2, seq_len, 16, requires_grad=True) for _ in range(4))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        triple_product_attention(q, k, r, v, None, scale=16**-1.5, chunk_size=chunk_size).sum()
+    return sum(storages.values())
+
+
+def test_training_memory_grows_linearly_with_sequence_length():
+    short, long = saved_bytes_for_backward(512, 64), saved_bytes_for_backward(2048, 64)
+    assert long / short < 4.5  # quadratic storage would be 16x
+    assert long < 2048 * 2048 * 2 * 4  # less than one fp32 [T, T] score matrix per head
