@@ -1,0 +1,209 @@
+"""Speed and memory measurements, always side by side with a baseline in one run.
+
+Every measurement runs in a fresh subprocess (`python -m attnlab.benchmarking KIND --json ARGS`), so peak memory
+is that of one model at one size: on CUDA `torch.cuda.max_memory_allocated`, on CPU the growth of the process's
+peak resident set over what it held before the measured work started (weights, optimizer state and inputs
+already allocated). Timings are medians over repeats after warm-up; scripts report them as ratios to the baseline
+measured in the same run, since absolute numbers depend on the machine.
+"""
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass
+class Measurement:
+    model: str
+    kind: str
+    batch_size: int
+    seq_len: int
+    median_s: float  # per training step, per forward, or per decoded token
+    tokens_per_s: float
+    peak_memory_mb: float
+    parameters: int
+
+
+def machine_description() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class PeakMemory:
+    """Peak memory of the work inside the block, beyond what was allocated before it."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start = _current_rss_mb()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak_mb = (torch.cuda.max_memory_allocated() - self.start) / 2**20
+        else:
+            self.peak_mb = max(0.0, _peak_rss_mb() - self.start)
+
+
+def build_model(name: str, preset: str, max_position_embeddings: int, vocab_size: int, device: torch.device,
+                **overrides):
+    from .members import get_member
+
+    member = get_member(name)
+    config = member.preset_config(preset, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
+                                  **overrides)
+    torch.manual_seed(0)
+    return member.causal_lm_class(config).to(device)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device, repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure_training(model, batch_size: int, seq_len: int, repeats: int, warmup: int, autocast: bool) -> tuple:
+    """Median seconds per AdamW training step (forward, backward, update) and the step's peak memory."""
+    device = next(model.parameters()).device
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # allocates the optimizer state outside the measured peak
+    with PeakMemory(device) as memory:
+        times = _timed(step, device, repeats, warmup)
+    return statistics.median(times), memory.peak_mb
+
+
+@torch.no_grad()
+def measure_forward(model, batch_size: int, seq_len: int, repeats: int, warmup: int, autocast: bool) -> tuple:
+    """Median seconds for one forward pass without cache (last position's logits only) and its peak memory."""
+    device = next(model.parameters()).device
+    model.eval()
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), device=device)
+
+    def forward():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+
+    with PeakMemory(device) as memory:
+        times = _timed(forward, device, repeats, warmup)
+    return statistics.median(times), memory.peak_mb
+
+
+@torch.no_grad()
+def measure_decode(model, batch_size: int, context: int, repeats: int, warmup: int, autocast: bool) -> tuple:
+    """Median seconds per decoded token after a prefill of `context` tokens, and the decode steps' peak memory."""
+    device = next(model.parameters()).device
+    model.eval()
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, context), device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        prefill = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    cache, token = prefill.past_key_values, ids[:, -1:]
+    # Each timed step decodes one more token on the same growing cache: at most warmup + repeats extra positions.
+
+    def decode_one():
+        nonlocal cache
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+
+    with PeakMemory(device) as memory:
+        times = _timed(decode_one, device, repeats, warmup)
+    return statistics.median(times), memory.peak_mb
+
+
+MEASURES = {"train": measure_training, "forward": measure_forward, "decode": measure_decode}
+
+
+def measure(kind: str, model_name: str, preset: str, batch_size: int, seq_len: int, repeats: int = 3,
+            warmup: int = 1, autocast: bool = True, device: str | None = None, vocab_size: int = 512,
+            overrides: dict | None = None) -> Measurement:
+    """One measurement in this process (use `isolated` to get a fresh process and a clean memory peak)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    extra_positions = repeats + warmup + 1 if kind == "decode" else 0
+    model = build_model(model_name, preset, seq_len + extra_positions, vocab_size, device, **(overrides or {}))
+    median_s, peak_mb = MEASURES[kind](model, batch_size, seq_len, repeats, warmup, autocast)
+    tokens = batch_size if kind == "decode" else batch_size * seq_len
+    return Measurement(model=model_name, kind=kind, batch_size=batch_size, seq_len=seq_len, median_s=median_s,
+                       tokens_per_s=tokens / median_s, peak_memory_mb=peak_mb,
+                       parameters=sum(p.numel() for p in model.parameters()))
+
+
+def isolated(kind: str, model_name: str, preset: str, batch_size: int, seq_len: int, timeout: float = 3600,
+             **kwargs) -> Measurement:
+    """`measure` in a fresh Python process; raises with the child's stderr if it fails (e.g. out of memory)."""
+    request = dict(kind=kind, model_name=model_name, preset=preset, batch_size=batch_size, seq_len=seq_len, **kwargs)
+    result = subprocess.run([sys.executable, "-m", "attnlab.benchmarking", json.dumps(request)],
+                            capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"measurement {request} failed:\n{result.stderr[-2000:]}")
+    return Measurement(**json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def growth_exponent(x_small: float, y_small: float, x_large: float, y_large: float) -> float:
+    """The exponent p in y ~ x^p between two points (1 = linear, 2 = quadratic)."""
+    import math
+
+    return math.log(y_large / y_small) / math.log(x_large / x_small)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Run one measurement (used by `isolated`); prints JSON.")
+    parser.add_argument("request", help="JSON object of `measure` keyword arguments")
+    request = json.loads(parser.parse_args().request)
+    print(json.dumps(asdict(measure(**request))))
+
+
+if __name__ == "__main__":
+    main()
