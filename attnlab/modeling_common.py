@@ -18,6 +18,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 
+from .cache_utils import AttnlabCache
 from .configuration_common import AttnlabConfig
 
 
@@ -164,8 +165,16 @@ class AttnlabModel(AttnlabPreTrainedModel):
         self.embed_tokens = value
 
     def prepare_cache(self, past_key_values: Cache | None) -> Cache:
-        """The cache this member decodes with. KV members keep transformers' DynamicCache."""
-        return past_key_values if past_key_values is not None else DynamicCache(config=self.config)
+        """The cache this member decodes with: transformers' DynamicCache for KV members, AttnlabCache for members
+        with a recurrent state (`_is_stateful`), swapped in for the empty DynamicCache that generate() passes."""
+        if not self._is_stateful:
+            return past_key_values if past_key_values is not None else DynamicCache(config=self.config)
+        if isinstance(past_key_values, AttnlabCache):
+            return past_key_values
+        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            raise ValueError(f"{type(self).__name__} decodes with an AttnlabCache, got a filled "
+                             f"{type(past_key_values).__name__}")
+        return AttnlabCache(self.config)
 
     def forward(
         self,
