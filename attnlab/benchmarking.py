@@ -8,6 +8,7 @@ measured in the same run, since absolute numbers depend on the machine.
 """
 
 import argparse
+import functools
 import json
 import platform
 import resource
@@ -30,12 +31,32 @@ class Measurement:
     tokens_per_s: float
     peak_memory_mb: float
     parameters: int
+    autocast_bf16: bool
 
 
 def machine_description() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+@functools.cache
+def bf16_autocast_is_fast(device_type: str) -> bool:
+    """Whether bf16 autocast speeds up matmuls here. True on CUDA; on CPU only with native bf16 instructions
+    (without them, e.g. on AMD EPYC without avx512_bf16, a bf16 matmul is ~100x slower than fp32)."""
+    if device_type != "cpu":
+        return device_type == "cuda" and torch.cuda.is_bf16_supported()
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+
+    def seconds(dtype):
+        x, y = a.to(dtype), b.to(dtype)
+        x @ y
+        start = time.perf_counter()
+        for _ in range(3):
+            x @ y
+        return time.perf_counter() - start
+
+    return seconds(torch.bfloat16) < seconds(torch.float32)
 
 
 def _current_rss_mb() -> float:
@@ -161,17 +182,21 @@ MEASURES = {"train": measure_training, "forward": measure_forward, "decode": mea
 
 
 def measure(kind: str, model_name: str, preset: str, batch_size: int, seq_len: int, repeats: int = 3,
-            warmup: int = 1, autocast: bool = True, device: str | None = None, vocab_size: int = 512,
+            warmup: int = 1, autocast: bool | None = None, device: str | None = None, vocab_size: int = 512,
             overrides: dict | None = None) -> Measurement:
-    """One measurement in this process (use `isolated` to get a fresh process and a clean memory peak)."""
+    """One measurement in this process (use `isolated` to get a fresh process and a clean memory peak).
+
+    `autocast=None` uses bf16 autocast where it is fast (see `bf16_autocast_is_fast`), fp32 otherwise."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if autocast is None:
+        autocast = bf16_autocast_is_fast(device.type)
     extra_positions = repeats + warmup + 1 if kind == "decode" else 0
     model = build_model(model_name, preset, seq_len + extra_positions, vocab_size, device, **(overrides or {}))
     median_s, peak_mb = MEASURES[kind](model, batch_size, seq_len, repeats, warmup, autocast)
     tokens = batch_size if kind == "decode" else batch_size * seq_len
     return Measurement(model=model_name, kind=kind, batch_size=batch_size, seq_len=seq_len, median_s=median_s,
                        tokens_per_s=tokens / median_s, peak_memory_mb=peak_mb,
-                       parameters=sum(p.numel() for p in model.parameters()))
+                       parameters=sum(p.numel() for p in model.parameters()), autocast_bf16=autocast)
 
 
 def isolated(kind: str, model_name: str, preset: str, batch_size: int, seq_len: int, timeout: float = 3600,
