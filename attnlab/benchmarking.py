@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -221,6 +222,40 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def save_report(name: str, markdown: str, records: list[Measurement], directory: str = "docs/benchmarks") -> Path:
+    """Write `<name>.md` (the table, with the machine) and `<name>.json` (every measurement) under `directory`."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(f"{markdown}\n\nMachine: {machine_description()}\n")
+    (out / f"{name}.json").write_text(json.dumps([asdict(r) for r in records], indent=1))
+    return out
+
+
+def plot_series(path: Path, title: str, xlabel: str, panels: dict[str, dict[str, tuple[list, list]]],
+                log: bool = True):
+    """One PNG with a panel per entry of `panels`: {panel ylabel: {series label: (xs, ys)}}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for axis, (ylabel, series) in zip(axes[0], panels.items()):
+        for label, (xs, ys) in series.items():
+            axis.plot(xs, ys, marker="o", label=label)
+        if log:
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log")
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(ylabel)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    fig.suptitle(f"{title}\n{machine_description()}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main():
