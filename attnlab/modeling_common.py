@@ -187,6 +187,8 @@ class AttnlabModel(AttnlabPreTrainedModel):
         output_hidden_states: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        if kwargs.get("output_attentions"):
+            raise ValueError(f"{type(self).__name__} does not return attention weights (output_attentions=True)")
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
@@ -255,6 +257,7 @@ class AttnlabForCausalLM(AttnlabPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            output_attentions=kwargs.pop("output_attentions", None),
         )
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None

@@ -264,6 +264,8 @@ def test_bad_inputs_get_clear_errors(model):
         model(random_ids(1, too_long))
     with pytest.raises(ValueError, match="labels"):
         model(random_ids(1, 5), labels=random_ids(1, 4))
+    with pytest.raises(ValueError, match="output_attentions"):
+        model(random_ids(1, 5), output_attentions=True)
 
 
 def test_inconsistent_config_values_are_rejected(member):
