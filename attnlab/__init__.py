@@ -5,10 +5,13 @@ Importing the package registers every member with AutoConfig, AutoModel and Auto
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from .configuration_evolving import EvolvingConfig
 from .configuration_triple_product import TripleProductConfig
+from .modeling_evolving import EvolvingForCausalLM, EvolvingModel
 from .modeling_triple_product import TripleProductForCausalLM, TripleProductModel
 
 _CAUSAL_LM_MEMBERS = [
+    (EvolvingConfig, EvolvingModel, EvolvingForCausalLM),
     (TripleProductConfig, TripleProductModel, TripleProductForCausalLM),
 ]
 
@@ -18,4 +21,7 @@ for _config, _model, _causal_lm in _CAUSAL_LM_MEMBERS:
     AutoModelForCausalLM.register(_config, _causal_lm, exist_ok=True)
 
 __version__ = "0.1.0"
-__all__ = ["TripleProductConfig", "TripleProductForCausalLM", "TripleProductModel"]
+__all__ = [
+    "EvolvingConfig", "EvolvingForCausalLM", "EvolvingModel",
+    "TripleProductConfig", "TripleProductForCausalLM", "TripleProductModel",
+]

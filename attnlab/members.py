@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedConfig, PreTrainedModel
 
+from .configuration_evolving import EvolvingConfig
 from .configuration_triple_product import TripleProductConfig
+from .modeling_evolving import EvolvingForCausalLM
 from .modeling_triple_product import TripleProductForCausalLM
 
 # Width and depth per preset; every member and the baseline share them so comparisons are at equal shape.
@@ -46,6 +48,8 @@ MEMBERS: dict[str, Member] = {
     for member in [
         # Small chunks in the tests so that chunk boundaries, and the recomputation across them, are exercised.
         Member("triple_product", TripleProductConfig, TripleProductForCausalLM, test_overrides=dict(query_chunk_size=5)),
+        # Chunks of 4 positions so that the scan's carry across chunk ends is exercised.
+        Member("evolving", EvolvingConfig, EvolvingForCausalLM, test_overrides=dict(scan_chunk_size=4)),
     ]
 }
 

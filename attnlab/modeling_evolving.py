@@ -1,0 +1,156 @@
+"""Evolving attention (seed 000, "TrueEvolving V2"): softmax attention on queries and keys evolved by a leaky memory.
+
+At layer l and position t the seed runs, one position at a time,
+
+    w_t  = sin(evolution_rate * (t+1) * (l+1) * evolution_weights)
+    q~_t = q_t + w_t + decay * m_{t-1}
+    k~_t = k_t + w_t + 0.5 * decay * m_{t-1}
+    m_t  = q~_t                                  (m_{-1} = 0)
+
+and then causal softmax attention on (q~, k~, v). The recurrence is linear, q~_t = sum_{s<=t} decay^(t-s) (q_s + w_s),
+so we compute it for the whole sequence at once with a chunked scan (`leaky_scan`): a [C, C] decay-matrix product
+inside every chunk of C positions, an [N, N] one across the N chunk ends. Only non-negative powers of decay appear,
+so nothing overflows for decay near 1 or long sequences (the unchunked closed form, cumsum(decay^-s u_s) * decay^t,
+overflows in fp32 after a few hundred positions at decay 0.85). The scan and the sine phases (thousands of radians
+at long contexts) run in fp32, also under bf16 autocast.
+
+Positions come from `position_ids` and padded positions contribute nothing to the memory, so a left-padded row
+evolves exactly like the same row unpadded. Decoding keeps k~ and v in the cache's KV part (k~_t never changes once
+written) and the memory m_{t-1} as the layer's state, in an `AttnlabCache`.
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import initialization as init
+
+from .configuration_evolving import EvolvingConfig
+from .modeling_common import (
+    AttnlabForCausalLM,
+    AttnlabModel,
+    AttnlabPreTrainedModel,
+    AttnlabRMSNorm,
+    causal_padding_mask,
+    merge_heads,
+    split_heads,
+)
+
+
+def decay_powers(decay: torch.Tensor, size: int, offset: int, step: int) -> torch.Tensor:
+    """[size, size] lower-triangular matrix with entries decay^(step * (i - j - offset)) where i - j >= offset, else 0."""
+    index = torch.arange(size, device=decay.device)
+    exponent = index[:, None] - index[None, :] - offset
+    powers = decay ** (step * exponent.clamp(min=0)).to(decay.dtype)
+    return torch.where(exponent >= 0, powers, torch.zeros((), dtype=decay.dtype, device=decay.device))
+
+
+def leaky_scan(u: torch.Tensor, decay: torch.Tensor, memory: torch.Tensor | None, chunk_size: int) -> torch.Tensor:
+    """y_t = decay * y_{t-1} + u_t for u [B, H, T, D], with y_{-1} = memory [B, H, D] (or 0). Returns y [B, H, T, D]."""
+    batch, heads, length, dim = u.shape
+    size = min(chunk_size, length)
+    num_chunks = -(-length // size)
+    chunks = F.pad(u, (0, 0, 0, num_chunks * size - length)).view(batch, heads, num_chunks, size, dim)
+    # Within each chunk, from a zero start: local_i = sum_{j<=i} decay^(i-j) u_j.
+    local = decay_powers(decay, size, offset=0, step=1) @ chunks
+    # The value entering chunk n: E_n = sum_{m<n} decay^(size*(n-1-m)) local_end_m + decay^(size*n) memory.
+    entering = decay_powers(decay, num_chunks, offset=1, step=size) @ local[:, :, :, -1]
+    if memory is not None:
+        entering = entering + decay ** (size * torch.arange(num_chunks, device=u.device, dtype=u.dtype))[:, None] \
+            * memory[:, :, None]
+    carry_in = decay ** torch.arange(1, size + 1, device=u.device, dtype=u.dtype)[:, None]
+    scanned = local + carry_in * entering[:, :, :, None]
+    return scanned.view(batch, heads, num_chunks * size, dim)[:, :, :length]
+
+
+class EvolvingAttention(nn.Module):
+    def __init__(self, config: EvolvingConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.phase_scale = config.evolution_rate * (layer_idx + 1)
+        self.decay_mode = config.decay_mode
+        self.initial_decay = config.memory_decay
+        self.scan_chunk_size = config.scan_chunk_size
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.evolution_weights = nn.Parameter(torch.empty(config.num_attention_heads, config.head_dim))
+        # decay itself ("raw") or its logit ("constrained"); see initial_decay_parameter
+        self.decay_parameter = nn.Parameter(torch.empty(()))
+        if config.qk_norm:
+            self.q_norm = AttnlabRMSNorm(config.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = AttnlabRMSNorm(config.head_dim, eps=config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def initial_decay_parameter(self) -> float:
+        decay = torch.tensor(self.initial_decay, dtype=torch.float64)
+        return float(torch.logit(decay)) if self.decay_mode == "constrained" else float(decay)
+
+    def decay(self) -> torch.Tensor:
+        parameter = self.decay_parameter.float()
+        return torch.sigmoid(parameter) if self.decay_mode == "constrained" else parameter
+
+    def temporal_weights(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """w_t [B, H, T, D] in fp32: sin(evolution_rate * (t+1) * (l+1) * evolution_weights)."""
+        phase = (position_ids.float() + 1) * self.phase_scale
+        return torch.sin(phase[:, None, :, None] * self.evolution_weights.float()[None, :, None, :])
+
+    def forward(self, hidden_states, position_ids, attention_mask=None, past_key_values=None, **kwargs):
+        length = hidden_states.shape[1]
+        q = split_heads(self.q_proj(hidden_states), self.num_heads)
+        k = split_heads(self.k_proj(hidden_states), self.num_heads)
+        v = split_heads(self.v_proj(hidden_states), self.num_heads)
+        memory = past_key_values.get_state(self.layer_idx).get("memory") if past_key_values is not None else None
+        with torch.autocast(device_type=hidden_states.device.type, enabled=False):
+            decay = self.decay()
+            w = self.temporal_weights(position_ids)
+            u = q.float() + w
+            if attention_mask is not None:  # padded positions must not feed the memory
+                u = u * attention_mask[:, None, -length:, None].to(u.dtype)
+            q_evolved = leaky_scan(u, decay, memory, self.scan_chunk_size)
+            start = memory if memory is not None else torch.zeros_like(u[:, :, 0])
+            previous = torch.cat([start[:, :, None], q_evolved[:, :, :-1]], dim=2)  # m_{t-1}
+            k_evolved = k.float() + w + 0.5 * decay * previous
+        if past_key_values is not None:
+            past_key_values.update_state(self.layer_idx, length, memory=q_evolved[:, :, -1])
+        query, key = q_evolved.to(v.dtype), k_evolved.to(v.dtype)
+        if self.q_norm is not None:
+            query, key = self.q_norm(query), self.k_norm(key)
+        if past_key_values is not None:
+            key, v = past_key_values.update(key, v, self.layer_idx)
+        if attention_mask is None and key.shape[2] == length:
+            out = F.scaled_dot_product_attention(query, key, v, is_causal=True)
+        else:
+            past = key.shape[2] - length
+            allowed = causal_padding_mask(attention_mask, past, length, key.shape[2], query.device)
+            out = F.scaled_dot_product_attention(query, key, v, attn_mask=allowed)
+        return self.o_proj(merge_heads(out))
+
+
+class EvolvingPreTrainedModel(AttnlabPreTrainedModel):
+    config_class = EvolvingConfig
+    _is_stateful = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, EvolvingAttention):
+            init.normal_(module.evolution_weights, mean=0.0, std=1.0)
+            init.constant_(module.decay_parameter, module.initial_decay_parameter())
+
+
+class EvolvingModel(EvolvingPreTrainedModel, AttnlabModel):
+    mixer_class = EvolvingAttention
+    uses_rotary = False
+
+
+class EvolvingForCausalLM(EvolvingPreTrainedModel, AttnlabForCausalLM):
+    base_model_class = EvolvingModel
+
+
+EvolvingConfig.register_for_auto_class()
+EvolvingModel.register_for_auto_class("AutoModel")
+EvolvingForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = ["EvolvingForCausalLM", "EvolvingModel", "EvolvingPreTrainedModel"]
