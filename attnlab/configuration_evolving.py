@@ -48,7 +48,9 @@ class EvolvingConfig(AttnlabConfig):
         if not self.evolution_rate > 0:
             raise ValueError(f"EvolvingConfig: evolution_rate must be positive, got {self.evolution_rate!r}")
         if isinstance(self.scan_chunk_size, bool) or self.scan_chunk_size <= 0:
-            raise ValueError(f"EvolvingConfig: scan_chunk_size must be a positive integer, got {self.scan_chunk_size!r}")
+            raise ValueError(
+                f"EvolvingConfig: scan_chunk_size must be a positive integer, got {self.scan_chunk_size!r}"
+            )
 
 
 __all__ = ["EvolvingConfig"]

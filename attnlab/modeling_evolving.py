@@ -37,7 +37,7 @@ from .modeling_common import (
 
 
 def decay_powers(decay: torch.Tensor, size: int, offset: int, step: int) -> torch.Tensor:
-    """[size, size] lower-triangular matrix with entries decay^(step * (i - j - offset)) where i - j >= offset, else 0."""
+    """[size, size] lower-triangular: decay^(step * (i - j - offset)) where i - j >= offset, else 0."""
     index = torch.arange(size, device=decay.device)
     exponent = index[:, None] - index[None, :] - offset
     powers = decay ** (step * exponent.clamp(min=0)).to(decay.dtype)
@@ -55,11 +55,23 @@ def leaky_scan(u: torch.Tensor, decay: torch.Tensor, memory: torch.Tensor | None
     # The value entering chunk n: E_n = sum_{m<n} decay^(size*(n-1-m)) local_end_m + decay^(size*n) memory.
     entering = decay_powers(decay, num_chunks, offset=1, step=size) @ local[:, :, :, -1]
     if memory is not None:
-        entering = entering + decay ** (size * torch.arange(num_chunks, device=u.device, dtype=u.dtype))[:, None] \
-            * memory[:, :, None]
+        chunk_starts = size * torch.arange(num_chunks, device=u.device, dtype=u.dtype)
+        entering = entering + (decay ** chunk_starts)[:, None] * memory[:, :, None]
     carry_in = decay ** torch.arange(1, size + 1, device=u.device, dtype=u.dtype)[:, None]
     scanned = local + carry_in * entering[:, :, :, None]
     return scanned.view(batch, heads, num_chunks * size, dim)[:, :, :length]
+
+
+def evolve(q, k, w, decay, memory=None, chunk_size: int = 64, real=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """q~, k~ [B, H, T, D] from q, k, w [B, H, T, D], the memory m_{-1} [B, H, D] (None = 0) and `real`, a mask
+    broadcastable to q that is False on padded positions: those must not feed the memory."""
+    u = q + w
+    if real is not None:
+        u = u * real.to(u.dtype)
+    q_evolved = leaky_scan(u, decay, memory, chunk_size)
+    start = memory if memory is not None else torch.zeros_like(u[:, :, 0])
+    previous = torch.cat([start[:, :, None], q_evolved[:, :, :-1]], dim=2)  # m_{t-1}
+    return q_evolved, k + w + 0.5 * decay * previous
 
 
 class EvolvingAttention(nn.Module):
@@ -103,16 +115,11 @@ class EvolvingAttention(nn.Module):
         k = split_heads(self.k_proj(hidden_states), self.num_heads)
         v = split_heads(self.v_proj(hidden_states), self.num_heads)
         memory = past_key_values.get_state(self.layer_idx).get("memory") if past_key_values is not None else None
+        real = attention_mask[:, None, -length:, None] if attention_mask is not None else None
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
             decay = self.decay()
             w = self.temporal_weights(position_ids)
-            u = q.float() + w
-            if attention_mask is not None:  # padded positions must not feed the memory
-                u = u * attention_mask[:, None, -length:, None].to(u.dtype)
-            q_evolved = leaky_scan(u, decay, memory, self.scan_chunk_size)
-            start = memory if memory is not None else torch.zeros_like(u[:, :, 0])
-            previous = torch.cat([start[:, :, None], q_evolved[:, :, :-1]], dim=2)  # m_{t-1}
-            k_evolved = k.float() + w + 0.5 * decay * previous
+            q_evolved, k_evolved = evolve(q.float(), k.float(), w, decay, memory, self.scan_chunk_size, real)
         if past_key_values is not None:
             past_key_values.update_state(self.layer_idx, length, memory=q_evolved[:, :, -1])
         query, key = q_evolved.to(v.dtype), k_evolved.to(v.dtype)

@@ -15,6 +15,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def seed_evolution(q, k, evolution_weights, evolution_rate, layer_idx, memory_decay):
+    """The seed's loop verbatim (names as in its README), over q, k [B, H, T, D]; returns the evolved q and k."""
+    B, n_heads, seq_len, d_head = q.shape
+    current_memory = torch.zeros(B, n_heads, d_head, device=q.device, dtype=q.dtype)
+    evolved_q, evolved_k = [], []
+
+    # TEMPORAL EVOLUTION (RECURRENT) - replaces position embeddings
+    for pos in range(seq_len):
+        evolution_factor = evolution_rate * (pos + 1) * (layer_idx + 1)
+        temporal_weight = torch.sin(evolution_factor * evolution_weights)
+
+        # Recurrent memory update
+        pos_q = q[:, :, pos, :] + temporal_weight + memory_decay * current_memory
+        pos_k = k[:, :, pos, :] + temporal_weight + memory_decay * current_memory * 0.5
+
+        # Update memory for next position
+        current_memory = pos_q
+        evolved_q.append(pos_q)
+        evolved_k.append(pos_k)
+    return torch.stack(evolved_q, dim=2), torch.stack(evolved_k, dim=2)
+
+
 class SeedEvolvingAttention(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
@@ -36,26 +58,9 @@ class SeedEvolvingAttention(nn.Module):
         q = self.q_proj(hidden_states).view(B, T, self.n_heads, self.d_head).transpose(1, 2)
         k = self.k_proj(hidden_states).view(B, T, self.n_heads, self.d_head).transpose(1, 2)
         v = self.v_proj(hidden_states).view(B, T, self.n_heads, self.d_head).transpose(1, 2)
-        self.memory_decay = torch.sigmoid(self.decay_parameter) if self.decay_mode == "constrained" else self.decay_parameter
-        seq_len = T
-        current_memory = torch.zeros(B, self.n_heads, self.d_head, device=q.device, dtype=q.dtype)
-        evolved_q, evolved_k = [], []
-
-        # TEMPORAL EVOLUTION (RECURRENT) - replaces position embeddings
-        for pos in range(seq_len):
-            evolution_factor = self.evolution_rate * (pos + 1) * (self.layer_idx + 1)
-            temporal_weight = torch.sin(evolution_factor * self.evolution_weights)
-
-            # Recurrent memory update
-            pos_q = q[:, :, pos, :] + temporal_weight + self.memory_decay * current_memory
-            pos_k = k[:, :, pos, :] + temporal_weight + self.memory_decay * current_memory * 0.5
-
-            # Update memory for next position
-            current_memory = pos_q
-            evolved_q.append(pos_q)
-            evolved_k.append(pos_k)
-
-        q, k = torch.stack(evolved_q, dim=2), torch.stack(evolved_k, dim=2)
+        constrained = self.decay_mode == "constrained"
+        memory_decay = torch.sigmoid(self.decay_parameter) if constrained else self.decay_parameter
+        q, k = seed_evolution(q, k, self.evolution_weights, self.evolution_rate, self.layer_idx, memory_decay)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_head)
         mask = torch.tril(torch.ones(T, T, device=hidden_states.device)).view(1, 1, T, T)
         scores = scores.masked_fill(mask == 0, float("-inf"))
