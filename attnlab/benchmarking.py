@@ -9,6 +9,7 @@ measured in the same run, since absolute numbers depend on the machine.
 
 import argparse
 import functools
+import importlib
 import json
 import platform
 import resource
@@ -33,6 +34,7 @@ class Measurement:
     peak_memory_mb: float
     parameters: int
     autocast_bf16: bool
+    mixer: str | None = None  # "module:Class" swapped in for the member's own mixer, if any
 
 
 def machine_description() -> str:
@@ -99,19 +101,46 @@ class PeakMemory:
 
 
 def build_model(name: str, preset: str, max_position_embeddings: int, vocab_size: int, device: torch.device,
-                **overrides):
+                mixer: str | None = None, **overrides):
     from .members import get_member
 
     member = get_member(name)
     config = member.preset_config(preset, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
                                   **overrides)
     torch.manual_seed(0)
-    return member.causal_lm_class(config).to(device)
+    model = member.causal_lm_class(config)
+    if mixer is not None:
+        swap_mixers(model, mixer)
+    return model.to(device)
+
+
+def swap_mixers(model, mixer: str):
+    """Replace every layer's mixer by `Mixer(config, layer_idx)` from "package.module:Mixer", with the same weights
+    (e.g. a seed's literal reference module, to time it inside the same model)."""
+    if model.config.model_type not in _attnlab_model_types():
+        raise ValueError(f"mixer= applies to attnlab members only, not {model.config.model_type!r}")
+    module_name, _, class_name = mixer.partition(":")
+    mixer_class = getattr(importlib.import_module(module_name), class_name)
+    for layer_idx, layer in enumerate(model.model.layers):
+        replacement = mixer_class(model.config, layer_idx)
+        replacement.load_state_dict(layer.self_attn.state_dict())
+        layer.self_attn = replacement
+
+
+def _attnlab_model_types() -> set[str]:
+    from .members import MEMBERS
+
+    return {member.config_class.model_type for member in MEMBERS.values()}
 
 
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def median_seconds(fn, device: torch.device, repeats: int, warmup: int) -> float:
+    """Median wall time of `fn()` over `repeats` calls after `warmup` calls (synchronising CUDA around each)."""
+    return statistics.median(_timed(fn, device, repeats, warmup))
 
 
 def _timed(fn, device, repeats: int, warmup: int) -> list[float]:
@@ -185,25 +214,51 @@ def measure_decode(model, batch_size: int, context: int, repeats: int, warmup: i
     return statistics.median(times), memory.peak_mb
 
 
-MEASURES = {"train": measure_training, "forward": measure_forward, "decode": measure_decode}
+def measure_mixer_training(model, batch_size: int, seq_len: int, repeats: int, warmup: int, autocast: bool) -> tuple:
+    """Median seconds for forward + backward of the first layer's mixer alone, on random hidden states (attnlab
+    members only: the mixer is called with attnlab's signature), and its peak memory."""
+    device = next(model.parameters()).device
+    model.train()
+    mixer = model.model.layers[0].self_attn
+    hidden = torch.randn(batch_size, seq_len, model.config.hidden_size, device=device, requires_grad=True)
+    position_ids = torch.arange(seq_len, device=device)[None].expand(batch_size, -1)
+    rotary = model.model.rotary_emb
+    position_embeddings = rotary(position_ids) if rotary is not None else None
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = mixer(hidden, position_ids=position_ids, position_embeddings=position_embeddings)
+        out.float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+        hidden.grad = None
+
+    with PeakMemory(device) as memory:
+        times = _timed(step, device, repeats, warmup)
+    return statistics.median(times), memory.peak_mb
+
+
+MEASURES = {"train": measure_training, "forward": measure_forward, "decode": measure_decode,
+            "mixer_train": measure_mixer_training}
 
 
 def measure(kind: str, model_name: str, preset: str, batch_size: int, seq_len: int, repeats: int = 3,
             warmup: int = 1, autocast: bool | None = None, device: str | None = None, vocab_size: int = 512,
-            overrides: dict | None = None) -> Measurement:
+            overrides: dict | None = None, mixer: str | None = None) -> Measurement:
     """One measurement in this process (use `isolated` to get a fresh process and a clean memory peak).
 
-    `autocast=None` uses bf16 autocast where it is fast (see `bf16_autocast_is_fast`), fp32 otherwise."""
+    `autocast=None` uses bf16 autocast where it is fast (see `bf16_autocast_is_fast`), fp32 otherwise; `mixer`
+    swaps another mixer class into an attnlab member (see `swap_mixers`)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if autocast is None:
         autocast = bf16_autocast_is_fast(device.type)
     extra_positions = repeats + warmup + 1 if kind == "decode" else 0
-    model = build_model(model_name, preset, seq_len + extra_positions, vocab_size, device, **(overrides or {}))
+    model = build_model(model_name, preset, seq_len + extra_positions, vocab_size, device, mixer=mixer,
+                        **(overrides or {}))
     median_s, peak_mb = MEASURES[kind](model, batch_size, seq_len, repeats, warmup, autocast)
     tokens = batch_size if kind == "decode" else batch_size * seq_len
     return Measurement(model=model_name, kind=kind, batch_size=batch_size, seq_len=seq_len, median_s=median_s,
                        tokens_per_s=tokens / median_s, peak_memory_mb=peak_mb,
-                       parameters=sum(p.numel() for p in model.parameters()), autocast_bf16=autocast)
+                       parameters=sum(p.numel() for p in model.parameters()), autocast_bf16=autocast, mixer=mixer)
 
 
 def isolated(kind: str, model_name: str, preset: str, batch_size: int, seq_len: int, timeout: float = 3600,
