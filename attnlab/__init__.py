@@ -5,11 +5,14 @@ Importing the package registers every member with AutoConfig, AutoModel and Auto
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from .configuration_elita import ElitaConfig
 from .configuration_triple_product import TripleProductConfig
+from .modeling_elita import ElitaForCausalLM, ElitaModel
 from .modeling_triple_product import TripleProductForCausalLM, TripleProductModel
 
 _CAUSAL_LM_MEMBERS = [
     (TripleProductConfig, TripleProductModel, TripleProductForCausalLM),
+    (ElitaConfig, ElitaModel, ElitaForCausalLM),
 ]
 
 for _config, _model, _causal_lm in _CAUSAL_LM_MEMBERS:
@@ -18,4 +21,5 @@ for _config, _model, _causal_lm in _CAUSAL_LM_MEMBERS:
     AutoModelForCausalLM.register(_config, _causal_lm, exist_ok=True)
 
 __version__ = "0.1.0"
-__all__ = ["TripleProductConfig", "TripleProductForCausalLM", "TripleProductModel"]
+__all__ = ["TripleProductConfig", "TripleProductForCausalLM", "TripleProductModel", "ElitaConfig",
+           "ElitaForCausalLM", "ElitaModel"]

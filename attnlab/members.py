@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedConfig, PreTrainedModel
 
+from .configuration_elita import ElitaConfig
 from .configuration_triple_product import TripleProductConfig
+from .modeling_elita import ElitaForCausalLM
 from .modeling_triple_product import TripleProductForCausalLM
 
 # Width and depth per preset; every member and the baseline share them so comparisons are at equal shape.
@@ -46,6 +48,7 @@ MEMBERS: dict[str, Member] = {
     for member in [
         # Small chunks in the tests so that chunk boundaries, and the recomputation across them, are exercised.
         Member("triple_product", TripleProductConfig, TripleProductForCausalLM, test_overrides=dict(query_chunk_size=5)),
+        Member("elita", ElitaConfig, ElitaForCausalLM, test_overrides=dict(scan_chunk_size=5)),
     ]
 }
 
