@@ -42,7 +42,8 @@ def cumulative_softmax(cross: torch.Tensor, values: torch.Tensor, state: tuple, 
     Returns log S [B, H, T], A [B, H, T, D] and the state after the last token.
     """
     running_max, sums, value_sums = state
-    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=cross.device).tril()
+    index = torch.arange(min(chunk_size, cross.shape[-1]), device=cross.device)
+    causal = index[:, None] >= index[None, :]
     tiny = torch.finfo(cross.dtype).tiny
     log_sums, averages = [], []
     for start in range(0, cross.shape[-1], chunk_size):
