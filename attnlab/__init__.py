@@ -5,14 +5,17 @@ Importing the package registers every member with AutoConfig, AutoModel and Auto
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from .configuration_elita import ElitaConfig
 from .configuration_evolving import EvolvingConfig
 from .configuration_triple_product import TripleProductConfig
+from .modeling_elita import ElitaForCausalLM, ElitaModel
 from .modeling_evolving import EvolvingForCausalLM, EvolvingModel
 from .modeling_triple_product import TripleProductForCausalLM, TripleProductModel
 
 _CAUSAL_LM_MEMBERS = [
     (EvolvingConfig, EvolvingModel, EvolvingForCausalLM),
     (TripleProductConfig, TripleProductModel, TripleProductForCausalLM),
+    (ElitaConfig, ElitaModel, ElitaForCausalLM),
 ]
 
 for _config, _model, _causal_lm in _CAUSAL_LM_MEMBERS:
@@ -22,6 +25,7 @@ for _config, _model, _causal_lm in _CAUSAL_LM_MEMBERS:
 
 __version__ = "0.1.0"
 __all__ = [
+    "ElitaConfig", "ElitaForCausalLM", "ElitaModel",
     "EvolvingConfig", "EvolvingForCausalLM", "EvolvingModel",
     "TripleProductConfig", "TripleProductForCausalLM", "TripleProductModel",
 ]

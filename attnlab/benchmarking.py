@@ -272,6 +272,26 @@ def isolated(kind: str, model_name: str, preset: str, batch_size: int, seq_len: 
     return Measurement(**json.loads(result.stdout.strip().splitlines()[-1]))
 
 
+def side_by_side(kind: str, names: list[str], preset: str, batch_size: int, lengths: list[int], rounds: int = 1,
+                 max_lengths: dict[str, int] | None = None, log=print, **kwargs) -> dict[str, dict[int, Measurement]]:
+    """`isolated` measurements of several models in interleaved rounds: every round goes through all lengths and, at
+    each length, through every model, so a change of machine load affects them alike. Per model and length the
+    round with the median time is kept. `max_lengths` skips a model above a length (e.g. a quadratic baseline)."""
+    max_lengths = max_lengths or {}
+    runs = {name: {} for name in names}
+    for round_index in range(rounds):
+        for seq_len in lengths:
+            for name in names:
+                if seq_len > max_lengths.get(name, seq_len):
+                    continue
+                result = isolated(kind, name, preset, batch_size, seq_len, **kwargs)
+                runs[name].setdefault(seq_len, []).append(result)
+                log(f"round {round_index + 1}/{rounds} {kind:7s} {name:8s} T={seq_len:6d} "
+                    f"{result.median_s * 1e3:10.2f} ms  peak {result.peak_memory_mb:8.1f} MB")
+    return {name: {seq_len: sorted(results, key=lambda r: r.median_s)[(len(results) - 1) // 2]
+                   for seq_len, results in by_len.items()} for name, by_len in runs.items()}
+
+
 def growth_exponent(x_small: float, y_small: float, x_large: float, y_large: float) -> float:
     """The exponent p in y ~ x^p between two points (1 = linear, 2 = quadratic)."""
     import math

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedConfig, PreTrainedModel
 
+from .configuration_elita import ElitaConfig
 from .configuration_evolving import EvolvingConfig
 from .configuration_triple_product import TripleProductConfig
+from .modeling_elita import ElitaForCausalLM
 from .modeling_evolving import EvolvingForCausalLM
 from .modeling_triple_product import TripleProductForCausalLM
 
@@ -50,6 +52,7 @@ MEMBERS: dict[str, Member] = {
         Member("triple_product", TripleProductConfig, TripleProductForCausalLM, test_overrides=dict(query_chunk_size=5)),
         # Chunks of 4 positions so that the scan's carry across chunk ends is exercised.
         Member("evolving", EvolvingConfig, EvolvingForCausalLM, test_overrides=dict(scan_chunk_size=4)),
+        Member("elita", ElitaConfig, ElitaForCausalLM, test_overrides=dict(scan_chunk_size=5)),
     ]
 }
 

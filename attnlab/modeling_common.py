@@ -115,13 +115,14 @@ class AttnlabDecoderLayer(GradientCheckpointingLayer):
         self.mlp = mlp_class(config)
 
     def forward(self, hidden_states, position_ids=None, position_embeddings=None, attention_mask=None,
-                past_key_values=None):
+                past_key_values=None, **mixer_kwargs):
         hidden_states = hidden_states + self.self_attn(
             self.input_layernorm(hidden_states),
             position_ids=position_ids,
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
             past_key_values=past_key_values,
+            **mixer_kwargs,
         )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
@@ -164,6 +165,11 @@ class AttnlabModel(AttnlabPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    @property
+    def num_cache_layers(self) -> int:
+        """Cache layers this member fills: one per layer application (members that rerun layers override it)."""
+        return self.config.num_hidden_layers
+
     def prepare_cache(self, past_key_values: Cache | None) -> Cache:
         """The cache this member decodes with: transformers' DynamicCache for KV members, AttnlabCache for members
         with a recurrent state (`_is_stateful`), swapped in for the empty DynamicCache that generate() passes."""
@@ -174,7 +180,7 @@ class AttnlabModel(AttnlabPreTrainedModel):
         if past_key_values is not None and past_key_values.get_seq_length() > 0:
             raise ValueError(f"{type(self).__name__} decodes with an AttnlabCache, got a filled "
                              f"{type(past_key_values).__name__}")
-        return AttnlabCache(self.config)
+        return AttnlabCache(num_layers=self.num_cache_layers)
 
     def forward(
         self,
@@ -203,24 +209,31 @@ class AttnlabModel(AttnlabPreTrainedModel):
         check_positions(self.config, position_ids, inputs_embeds)
 
         position_embeddings = self.rotary_emb(position_ids) if self.rotary_emb is not None else None
-        hidden_states = inputs_embeds
-        all_hidden_states = () if output_hidden_states else None
-        for layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            hidden_states = layer(
-                hidden_states,
-                position_ids=position_ids,
-                position_embeddings=position_embeddings,
-                attention_mask=key_padding,
-                past_key_values=past_key_values,
-            )
+        all_hidden_states = [] if output_hidden_states else None
+        hidden_states = self.run_layers(
+            inputs_embeds,
+            all_hidden_states,
+            position_ids=position_ids,
+            position_embeddings=position_embeddings,
+            attention_mask=key_padding,
+            past_key_values=past_key_values,
+        )
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
-            all_hidden_states += (hidden_states,)
+            all_hidden_states = (*all_hidden_states, hidden_states)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states, past_key_values=past_key_values, hidden_states=all_hidden_states
         )
+
+
+    def run_layers(self, hidden_states, all_hidden_states: list | None, **layer_kwargs) -> torch.Tensor:
+        """The decoder stack, appending each layer's input to `all_hidden_states` when it is a list. Members that run
+        the stack differently (e.g. several times) override this."""
+        for layer in self.layers:
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
+            hidden_states = layer(hidden_states, **layer_kwargs)
+        return hidden_states
 
 
 class AttnlabForCausalLM(AttnlabPreTrainedModel, GenerationMixin):
@@ -259,7 +272,7 @@ class AttnlabForCausalLM(AttnlabPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             output_attentions=kwargs.pop("output_attentions", None),
         )
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        logits = self.compute_logits(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             check_labels(labels, outputs.last_hidden_state, self.config.vocab_size)
@@ -267,6 +280,10 @@ class AttnlabForCausalLM(AttnlabPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
         )
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Final hidden states -> logits. Members with extra layers on the head override this."""
+        return self.lm_head(hidden_states)
 
 
 # ---------------------------------------------------------------------------------------------------------------
