@@ -88,8 +88,11 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerFast:
         return byte_tokenizer()
     # Checked here so that a typo is reported as a missing path rather than tried as a Hub repository.
     if os.path.isfile(name_or_path):
-        return PreTrainedTokenizerFast(tokenizer_file=name_or_path, clean_up_tokenization_spaces=False,
-                                       model_max_length=1_000_000, **SPECIAL_TOKENS)
+        # A bare tokenizer.json does not say which tokens are pad/bos/eos; name ours where the file has them.
+        backend = Tokenizer.from_file(name_or_path)
+        specials = {key: token for key, token in SPECIAL_TOKENS.items() if backend.token_to_id(token) is not None}
+        return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False,
+                                       model_max_length=1_000_000, **specials)
     if os.path.isdir(name_or_path):
         return AutoTokenizer.from_pretrained(name_or_path)
     raise FileNotFoundError(f"tokenizer not found: {name_or_path!r}; pass 'bytes', a folder written by "
