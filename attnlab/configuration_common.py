@@ -10,7 +10,7 @@ from transformers import PreTrainedConfig
 
 @strict(accept_kwargs=True)
 class AttnlabConfig(PreTrainedConfig):
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     vocab_size: int = 32000
     hidden_size: int = 256

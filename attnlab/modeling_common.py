@@ -9,6 +9,8 @@ A mixer is an `nn.Module` built as `Mixer(config, layer_idx)` and called as
 where `attention_mask` is None or a bool tensor [batch, past + new] that is True on real tokens.
 """
 
+import dataclasses
+
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -132,7 +134,7 @@ class AttnlabPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["AttnlabDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -191,8 +193,10 @@ class AttnlabModel(AttnlabPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        past_key_values = either_cache_name(cache, past_key_values)
         if kwargs.get("output_attentions"):
             raise ValueError(f"{type(self).__name__} does not return attention weights (output_attentions=True)")
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -222,7 +226,7 @@ class AttnlabModel(AttnlabPreTrainedModel):
         if output_hidden_states:
             all_hidden_states = (*all_hidden_states, hidden_states)
         return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=past_key_values, hidden_states=all_hidden_states
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{CACHE_FIELD: past_key_values}
         )
 
 
@@ -260,8 +264,10 @@ class AttnlabForCausalLM(AttnlabPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         output_hidden_states: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        past_key_values = either_cache_name(cache, past_key_values)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -278,12 +284,26 @@ class AttnlabForCausalLM(AttnlabPreTrainedModel, GenerationMixin):
             check_labels(labels, outputs.last_hidden_state, self.config.vocab_size)
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
         )
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Final hidden states -> logits. Members with extra layers on the head override this."""
         return self.lm_head(hidden_states)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# transformers 5.24 renamed `past_key_values` to `cache` in forward arguments, generate() and model outputs; 5.23
+# knows only the old name. Members accept both and return the cache under the name this version's outputs declare,
+# so a saved folder works as remote code on either side of the rename.
+
+CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
+
+
+def either_cache_name(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    if cache is not None and past_key_values is not None:
+        raise ValueError("Pass the cache as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
 
 
 # ---------------------------------------------------------------------------------------------------------------
