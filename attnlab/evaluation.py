@@ -17,9 +17,21 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import default_data_collator
+from transformers import AutoModelForCausalLM, default_data_collator
+
+from .tokenization_attnlab import load_tokenizer
 
 IGNORE_INDEX = -100
+
+
+def load_model_and_tokenizer(folder: str, tokenizer: str | None = None):
+    """A saved model in eval mode and its tokenizer (by default the folder's own), checked to match."""
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = load_tokenizer(tokenizer or folder)
+    if len(tokenizer) != model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model in {folder} has a vocabulary of "
+                         f"{model.config.vocab_size}; use the tokenizer it was trained with (saved in its folder)")
+    return model, tokenizer
 
 
 @dataclass
@@ -70,7 +82,7 @@ def score_targets(logits: torch.Tensor, labels: torch.Tensor, byte_lengths: torc
     num_bytes = byte_lengths.to(targets.device)[safe_targets]
     per_position = torch.stack([nats.double(), correct.double(), torch.ones_like(nats, dtype=torch.double),
                                 num_bytes.double()], dim=-1)
-    return (per_position * scored.unsqueeze(-1)).sum(dim=1)
+    return torch.where(scored.unsqueeze(-1), per_position, 0.0).sum(dim=1)  # where, not *: an ignored inf stays out
 
 
 @torch.no_grad()
@@ -109,8 +121,8 @@ def sliding_window_spans(num_tokens: int, window: int, stride: int) -> list[tupl
     """
     if window < 2:
         raise ValueError(f"window must be >= 2 tokens (one of context, one to score), got {window}")
-    if not 0 < stride <= window:
-        raise ValueError(f"stride must be in [1, window={window}], got {stride}")
+    if not 0 < stride < window:  # a target needs the token before it in the same window
+        raise ValueError(f"stride must be in [1, window - 1 = {window - 1}], got {stride}")
     if num_tokens < 2:
         raise ValueError(f"need at least 2 tokens to score one, got {num_tokens}")
     end = min(window, num_tokens)
