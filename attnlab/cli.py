@@ -17,7 +17,7 @@ import torch
 from transformers import HfArgumentParser
 
 from .data import load_text_splits, pack_blocks, token_stream
-from .evaluation import evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
+from .evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
 from .tokenization_attnlab import token_byte_lengths, train_bpe_tokenizer
 from .training import TrainArgs, train
 
@@ -26,7 +26,7 @@ def train_command(args):
     train_args = TrainArgs(**{name: getattr(args, name) for name in TrainArgs.__dataclass_fields__})
     metrics = train(train_args)
     print(f"saved the model, its tokenizer and metrics.json to {Path(train_args.output_dir).resolve()}")
-    print(f"held-out: {metrics['final_eval']}")
+    print(f"held-out: {EvalResult(**metrics['final_eval'])}")
 
 
 def eval_command(args):

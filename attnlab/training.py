@@ -133,13 +133,8 @@ def load_blocks(args: TrainArgs, tokenizer):
     splits = load_text_splits(train_files=args.train_files, validation_files=args.validation_files,
                               dataset_name=args.dataset_name, dataset_config=args.dataset_config,
                               text_column=args.text_column)
-    blocks = {name: pack_blocks(split, tokenizer, args.block_size, text_column=args.text_column)
-              for name, split in splits.items()}
-    for name, split_blocks in blocks.items():
-        if len(split_blocks) == 0:
-            raise ValueError(f"the {name} text is shorter than one block of {args.block_size} tokens; "
-                             "give more text or a smaller --block_size")
-    return blocks["train"], blocks["validation"]
+    return tuple(pack_blocks(splits[name], tokenizer, args.block_size, text_column=args.text_column)
+                 for name in ("train", "validation"))
 
 
 def optimizer_for(model, args: TrainArgs) -> torch.optim.AdamW:
