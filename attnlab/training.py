@@ -252,7 +252,9 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     seconds_before = state["train_seconds"]
     model.train()
     step_losses = []
-    for batch in endless_batches(accelerator, train_loader, state["batches"]):
+    # A finished run that is resumed only evaluates and saves again.
+    batches = endless_batches(accelerator, train_loader, state["batches"]) if state["step"] < args.max_steps else []
+    for batch in batches:
         with accelerator.accumulate(model):
             # The model shifts the labels itself, as in its own loss_function.
             loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False).loss
@@ -320,8 +322,10 @@ def out_of_time_everywhere(accelerator: Accelerator, start: float, limit: float)
 def save_model(accelerator: Accelerator, model, tokenizer, output_dir: Path, metrics: dict):
     """The Hub-ready folder: weights + modeling code (save_pretrained), tokenizer, model card, metrics.json."""
     accelerator.wait_for_everyone()
-    model = accelerator.unwrap_model(model)
-    model.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    # get_state_dict gathers the full weights where FSDP or DeepSpeed ZeRO-3 shard them.
+    accelerator.unwrap_model(model).save_pretrained(output_dir, is_main_process=accelerator.is_main_process,
+                                                    save_function=accelerator.save,
+                                                    state_dict=accelerator.get_state_dict(model))
     if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
         (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))

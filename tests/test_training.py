@@ -96,7 +96,9 @@ def test_resume_continues_the_same_loss_curve(args):
 def test_time_limit_stops_with_a_checkpoint_and_resume_finishes(args):
     stopped = train(replace(args, time_limit=0.0))
     assert stopped["steps"] == 1 and (Path(args.output_dir) / "checkpoint-1").is_dir()
-    assert train(replace(args, resume=True))["steps"] == args.max_steps
+    finished = train(replace(args, resume=True))
+    assert finished["steps"] == args.max_steps
+    assert train(replace(args, resume=True))["train_loss"] == finished["train_loss"]  # nothing left to train
 
 
 def test_resume_refuses_another_configuration(args):
