@@ -57,9 +57,10 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 200, seed
 
 def generate_command(args):
     model, tokenizer = load_model_and_tokenizer(args.folder, args.tokenizer)
-    print(generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.seed, do_sample=not args.greedy,
-                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                        repetition_penalty=args.repetition_penalty))
+    sampling = {} if args.greedy else dict(do_sample=True, temperature=args.temperature, top_k=args.top_k,
+                                           top_p=args.top_p)
+    print(generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.seed,
+                        repetition_penalty=args.repetition_penalty, **sampling))
 
 
 def tokenizer_command(args):
@@ -130,7 +131,7 @@ def build_parser() -> HfArgumentParser:
     _add_model_arguments(generate)
     generate.add_argument("--prompt", default="ROMEO:", help="the text to continue")
     generate.add_argument("--max_new_tokens", type=int, default=200, help="tokens to generate")
-    generate.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    generate.add_argument("--greedy", action="store_true", help="greedy decoding (ignores the sampling options)")
     generate.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
     generate.add_argument("--top_k", type=int, default=40, help="sample among the k most likely tokens (0: all)")
     generate.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling threshold")

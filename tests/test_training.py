@@ -74,6 +74,16 @@ def test_train_eval_generate_reload(args, capsys):
     assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")
 
 
+def test_bpe_tokenizer_from_the_cli_sets_the_vocabulary(args, tmp_path, capsys):
+    main(["tokenizer", "--files", *args.train_files, "--vocab_size", "300", "--output_dir", str(tmp_path / "bpe")])
+    metrics = train(replace(args, tokenizer=str(tmp_path / "bpe"), max_steps=2))
+    model, tokenizer = load_model_and_tokenizer(args.output_dir)
+    assert model.config.vocab_size == len(tokenizer) == 300
+    # BPE tokens span several bytes: bits per byte counts the bytes, not the tokens.
+    assert metrics["final_eval"]["bytes"] > metrics["final_eval"]["tokens"]
+    main(["generate", args.output_dir, "--greedy", "--max_new_tokens", "4"])
+
+
 def test_resume_continues_the_same_loss_curve(args):
     args = replace(args, max_steps=10, gradient_accumulation_steps=2, eval_every=4)  # 20 batches: crosses an epoch
     uninterrupted = train(replace(args, output_dir=args.output_dir + "-uninterrupted"))
