@@ -147,7 +147,8 @@ def optimizer_for(model, args: TrainArgs) -> torch.optim.AdamW:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Checkpoints: `checkpoint-<step>` folders, each written under a temporary name and renamed when complete, so an
-# interrupted save never leaves a half-written checkpoint where --resume would find it. Only the last is kept.
+# interrupted save never leaves a half-written checkpoint where --resume would find it. Only the last is kept, and
+# none once the run has reached max_steps.
 
 
 def last_checkpoint(output_dir: str | Path) -> Path | None:
@@ -195,7 +196,8 @@ def resume_state(args: TrainArgs, accelerator: Accelerator) -> dict:
 def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) -> dict:
     """Train, evaluate and save; returns the metrics also written to `output_dir/metrics.json`.
 
-    `on_step(step, loss)` is called after every optimizer step (and after that step's checkpoint, if any).
+    `on_step(step, loss)` is called after every optimizer step (and after that step's checkpoint, if any). A run
+    stopped by the time limit or an exception leaves its last checkpoint for `resume=True`.
     """
     output_dir = Path(args.output_dir)
     if not args.resume and last_checkpoint(output_dir) is not None:
@@ -252,9 +254,7 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     seconds_before = state["train_seconds"]
     model.train()
     step_losses = []
-    # A finished run that is resumed only evaluates and saves again.
-    batches = endless_batches(accelerator, train_loader, state["batches"]) if state["step"] < args.max_steps else []
-    for batch in batches:
+    for batch in endless_batches(accelerator, train_loader, state["batches"]):
         with accelerator.accumulate(model):
             # The model shifts the labels itself, as in its own loss_function.
             loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False).loss
@@ -284,7 +284,7 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
             if accelerator.is_main_process:
                 tqdm.write(f"step {state['step']}: held-out {result}")
         out_of_time = args.time_limit is not None and out_of_time_everywhere(accelerator, start, args.time_limit)
-        if done or out_of_time or (args.save_every and state["step"] % args.save_every == 0):
+        if out_of_time or (args.save_every and state["step"] % args.save_every == 0 and not done):
             save_checkpoint(accelerator, output_dir, state)
         if on_step is not None:
             on_step(state["step"], step_loss)
@@ -301,6 +301,9 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
                    final_eval=final.to_dict(), eval=state["eval"], train_loss=state["train_loss"], args=asdict(args),
                    num_processes=accelerator.num_processes)
     save_model(accelerator, model, tokenizer, output_dir, metrics)
+    if state["step"] == args.max_steps and accelerator.is_main_process:
+        # Complete: the checkpoint's pickles (optimizer, RNG states) go, leaving a folder ready for the Hub.
+        shutil.rmtree(last_checkpoint(output_dir), ignore_errors=True)
     return metrics
 
 
