@@ -13,7 +13,9 @@ import shutil
 import time
 from pathlib import Path
 
+import datasets
 import torch
+import transformers
 from transformers import HfArgumentParser
 
 from .data import load_text_splits, pack_blocks, token_stream
@@ -73,11 +75,13 @@ def tokenizer_command(args):
 # The demo's run: triple_product tiny on the embedded Shakespeare, about 3 minutes of training on 2 CPU cores. One
 # thread: on a 2-core machine shared with another job, two threads made a step 8x slower (3.4 s instead of 0.43 s).
 DEMO_ARGS = dict(model="triple_product", preset="tiny", block_size=256, batch_size=16, max_steps=400,
-                 learning_rate=3e-3, eval_every=100, eval_blocks=32, save_every=100, time_limit=240.0, num_threads=1)
+                 learning_rate=3e-3, eval_every=100, eval_blocks=32, save_every=0, time_limit=240.0, num_threads=1)
 
 
 def demo_command(args):
     start = time.perf_counter()
+    datasets.disable_progress_bars()  # keep the output to the training bar and the results
+    transformers.utils.logging.disable_progress_bar()
     output_dir = Path(args.output_dir)
     shutil.rmtree(output_dir, ignore_errors=True)  # the demo's own folder: each run starts afresh
     print(f"Training triple_product (tiny) on Shakespeare with the byte tokenizer; whole plays are held out.")

@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -62,8 +62,9 @@ class TrainArgs:
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on norms and biases)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of max_steps with linear warmup"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: no clipping)"})
-    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={
-        "help": "'no' (fp32, the fastest on CPUs without native bf16) or bf16 / fp16 autocast"})
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = field(default=None, metadata={
+        "help": "'no' (fp32) or bf16 / fp16 autocast (default: accelerate launch's --mixed_precision, else 'no': "
+                "fp32 is the fastest on CPUs without native bf16)"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute each layer in the backward pass: less memory, ~30%% more time"})
     eval_every: int = field(default=50, metadata={"help": "evaluate on held-out blocks every N steps (0: only at the end)"})
@@ -209,6 +210,7 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
         # Shuffling seeded by (seed, epoch), so a resumed run sees the same batches in the same order.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
+    args = replace(args, mixed_precision=accelerator.mixed_precision)  # as resolved with the launcher's setting
     set_seed(args.seed)
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
