@@ -132,6 +132,8 @@ def write_report(results: dict, command: str, out_dir: Path) -> Path:
         accuracy = f"{stats['accuracy'][0]:.2%} ± {stats['accuracy'][1]:.2%}"
         rows.append(f"| `{model}` | {results['parameters'][model]:,} | {cells[0]} | {accuracy} | {cells[1]} | "
                     f"{stats['train_seconds'][0]:.0f} |")
+    per_run = [f"| `{run['model']}` | {run['seed']} | {run['final']['loss']:.4f} | {run['final']['accuracy']:.2%} | "
+               f"{run['final']['bits_per_byte']:.4f} | {run['train_seconds']:.0f} |" for run in results["runs"]]
     baseline_overrides = next(run["config_overrides"] for run in results["runs"] if run["model"] == BASELINE)
     held_out = results["summary"][BASELINE]["held_out_tokens"]
     text = f"""# {comparison.member} vs Llama on Shakespeare (equal parameter count)
@@ -151,6 +153,12 @@ Mean ± standard deviation over the seeds.
 | model | parameters | held-out loss (nats/token) | next-byte accuracy | bits per byte | train s |
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
+
+Per run:
+
+| model | seed | held-out loss | next-byte accuracy | bits per byte | train s |
+|---|---|---|---|---|---|
+{chr(10).join(per_run)}
 
 Machine: {results['machine']} (shared with other jobs; times are indicative only).
 

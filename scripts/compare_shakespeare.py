@@ -21,7 +21,7 @@ def main():
     (comparison,) = HfArgumentParser([Comparison]).parse_args_into_dataclasses()
     with tempfile.TemporaryDirectory() as work_dir:
         results = run(comparison, Path(work_dir))
-    command = "python scripts/compare_shakespeare.py " + shlex.join(sys.argv[1:])
+    command = shlex.join(["python", "scripts/compare_shakespeare.py", *sys.argv[1:]])
     report = write_report(results, command, Path(__file__).resolve().parents[1] / "docs" / "experiments")
     print(report.read_text())
     print(f"wrote {report.with_suffix('.*')}")
