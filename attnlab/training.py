@@ -1,0 +1,349 @@
+"""Training any attnlab member (or the Llama baseline) as a causal LM with accelerate.
+
+One loop for one process or many (`accelerate launch`), CPU or GPU: AdamW without weight decay on norms and
+biases, linear warmup then cosine decay, gradient accumulation and clipping, optional mixed precision and
+gradient checkpointing, periodic held-out evaluation, a time limit, and checkpoints that `--resume` continues
+from exactly (model, optimizer, scheduler, RNG, data order and position, loss history). The result is a
+Hub-ready folder (weights, modeling code, tokenizer, generation config, model card) and a metrics JSON.
+"""
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, PreTrainedConfig, default_data_collator, get_cosine_schedule_with_warmup
+
+from .data import load_text_splits, pack_blocks
+from .evaluation import EvalResult, evaluate_blocks
+from .hub import check_folder, model_card
+from .members import get_member
+from .tokenization_attnlab import load_tokenizer, token_byte_lengths
+
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class TrainArgs:
+    """Everything a training run depends on; `attnlab train` exposes each field as `--name`."""
+
+    model: str = field(default="triple_product", metadata={"help": "member name (triple_product, evolving, elita) or "
+                                                                   "the baseline 'llama'"})
+    preset: str = field(default="tiny", metadata={"help": "size preset: tiny, small or base"})
+    config_overrides: list[str] = field(default_factory=list, metadata={
+        "help": "model config values as key=value (value parsed as JSON, else a string), e.g. num_hidden_layers=6"})
+    config_file: str | None = field(default=None, metadata={
+        "help": "a config JSON file used instead of the preset (vocab_size and special tokens still come from the "
+                "tokenizer; --config_overrides apply on top)"})
+    tokenizer: str = field(default="bytes", metadata={"help": "'bytes' (259 ids, lossless) or a tokenizer folder"})
+    train_files: list[str] | None = field(default=None, metadata={
+        "help": "text files to train on (default: the embedded Shakespeare, whole plays held out)"})
+    validation_files: list[str] | None = field(default=None, metadata={
+        "help": "held-out text files (default: a fraction of the training text)"})
+    dataset_name: str | None = field(default=None, metadata={"help": "a datasets Hub dataset instead of files"})
+    dataset_config: str | None = field(default=None, metadata={"help": "the dataset's configuration name"})
+    text_column: str = field(default="text", metadata={"help": "the column holding the text"})
+    block_size: int = field(default=256, metadata={"help": "tokens per training sequence"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per micro-batch, per process"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_steps: int = field(default=200, metadata={"help": "optimizer steps (the cosine schedule ends here)"})
+    learning_rate: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on norms and biases)"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "share of max_steps with linear warmup"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: no clipping)"})
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = field(default=None, metadata={
+        "help": "'no' (fp32) or bf16 / fp16 autocast (default: accelerate launch's --mixed_precision, else 'no': "
+                "fp32 is the fastest on CPUs without native bf16)"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute each layer in the backward pass: less memory, ~30%% more time"})
+    eval_every: int = field(default=50, metadata={"help": "evaluate on held-out blocks every N steps (0: only at the end)"})
+    eval_blocks: int = field(default=32, metadata={"help": "held-out blocks scored by the periodic evaluations"})
+    final_eval_blocks: int | None = field(default=None, metadata={
+        "help": "held-out blocks scored by the final evaluation (default: all)"})
+    save_every: int = field(default=100, metadata={"help": "write a checkpoint every N steps (0: only at the end)"})
+    time_limit: float | None = field(default=None, metadata={
+        "help": "stop after this many seconds of training, checkpoint, and finish as usual (evaluate and save)"})
+    output_dir: str = field(default="outputs/run", metadata={"help": "where checkpoints, the model and metrics go"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
+    seed: int = field(default=0, metadata={"help": "seed for initialisation and data order"})
+    num_threads: int | None = field(default=None, metadata={
+        "help": "CPU threads per process (default: torch's choice, one per core); 1 is much faster for small "
+                "models when other jobs share the cores"})
+
+
+# A checkpoint can only be continued by a run that agrees on these; the rest (limits, logging, paths) may change.
+RESUME_KEYS = ("model", "preset", "config_overrides", "config_file", "tokenizer", "train_files", "dataset_name",
+               "dataset_config", "text_column", "block_size", "batch_size", "gradient_accumulation_steps", "max_steps",
+               "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "mixed_precision", "seed")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model and data
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """['num_hidden_layers=6', 'tie_word_embeddings=false'] -> {'num_hidden_layers': 6, 'tie_word_embeddings': False}."""
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"config override {item!r} is not of the form key=value")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+def build_config(model: str, preset: str, tokenizer, block_size: int, config_overrides: list[str] = (),
+                 config_file: str | None = None) -> PreTrainedConfig:
+    """The model config: preset (or file) + overrides, with vocabulary and special tokens from the tokenizer."""
+    member = get_member(model)
+    overrides = parse_overrides(config_overrides)
+    known = member.config_class().to_dict()
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:  # configs accept any keyword, so a typo would otherwise be silently ignored
+        raise ValueError(f"unknown {member.config_class.__name__} key(s) in --config_overrides: {unknown}")
+    vocabulary = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if config_file is not None:
+        file_values = json.loads(Path(config_file).read_text())
+        config = member.config_class(**{**file_values, **overrides, **vocabulary})
+    else:
+        config = member.preset_config(preset, **{**overrides, **vocabulary})
+    if block_size > config.max_position_embeddings:
+        raise ValueError(f"block_size {block_size} is larger than the model's max_position_embeddings "
+                         f"{config.max_position_embeddings}; lower --block_size or pass "
+                         f"--config_overrides max_position_embeddings={block_size}")
+    return config
+
+
+def load_blocks(args: TrainArgs, tokenizer):
+    """Train and validation splits packed into blocks of `block_size` tokens."""
+    splits = load_text_splits(train_files=args.train_files, validation_files=args.validation_files,
+                              dataset_name=args.dataset_name, dataset_config=args.dataset_config,
+                              text_column=args.text_column)
+    return tuple(pack_blocks(splits[name], tokenizer, args.block_size, text_column=args.text_column)
+                 for name in ("train", "validation"))
+
+
+def optimizer_for(model, args: TrainArgs) -> torch.optim.AdamW:
+    # Matrices (and embeddings) decay; 1-D parameters (norm gains, biases, per-channel gates) do not.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=args.weight_decay),
+              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints: `checkpoint-<step>` folders, each written under a temporary name and renamed when complete, so an
+# interrupted save never leaves a half-written checkpoint where --resume would find it. Only the last is kept, and
+# none once the run has reached max_steps.
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    folders = [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return max(folders, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict):
+    final = output_dir / f"{CHECKPOINT_PREFIX}{state['step']}"
+    temporary = output_dir / f"{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))  # every process writes its own RNG state
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (temporary / TRAINER_STATE).write_text(json.dumps(state, indent=1))
+        os.replace(temporary, final)
+        for old in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*"):
+            if old != final:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def resume_state(args: TrainArgs, accelerator: Accelerator) -> dict:
+    """Load the last checkpoint into the prepared objects and return its trainer state."""
+    checkpoint = last_checkpoint(args.output_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"--resume: no {CHECKPOINT_PREFIX}* folder in {args.output_dir}")
+    state = json.loads((checkpoint / TRAINER_STATE).read_text())
+    saved = {**state["args"], "num_processes": state["num_processes"]}
+    current = {**asdict(args), "num_processes": accelerator.num_processes}
+    for key in (*RESUME_KEYS, "num_processes"):
+        if saved.get(key) != current[key]:
+            raise ValueError(f"--resume: {checkpoint} was trained with {key}={saved.get(key)!r}, this run has "
+                             f"{key}={current[key]!r}; use the same value or another --output_dir")
+    accelerator.load_state(str(checkpoint))
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Train, evaluate and save; returns the metrics also written to `output_dir/metrics.json`.
+
+    `on_step(step, loss)` is called after every optimizer step (and after that step's checkpoint, if any). A run
+    stopped by the time limit or an exception leaves its last checkpoint for `resume=True`.
+    """
+    output_dir = Path(args.output_dir)
+    if not args.resume and last_checkpoint(output_dir) is not None:
+        raise ValueError(f"{output_dir} already holds a checkpoint; pass --resume to continue it or choose another "
+                         "--output_dir")
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        # Shuffling seeded by (seed, epoch), so a resumed run sees the same batches in the same order.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    args = replace(args, mixed_precision=accelerator.mixed_precision)  # as resolved with the launcher's setting
+    set_seed(args.seed)
+    if args.num_threads is not None:
+        torch.set_num_threads(args.num_threads)
+    tokenizer = load_tokenizer(args.tokenizer)
+    config = build_config(args.model, args.preset, tokenizer, args.block_size, args.config_overrides, args.config_file)
+    with accelerator.main_process_first():
+        train_blocks, validation_blocks = load_blocks(args, tokenizer)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                   eos_token_id=tokenizer.eos_token_id)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    optimizer = optimizer_for(model, args)
+    # The prepared scheduler steps once per process per optimizer step (as in transformers' run_clm_no_trainer).
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, num_warmup_steps=math.ceil(args.warmup_ratio * args.max_steps) * accelerator.num_processes,
+        num_training_steps=args.max_steps * accelerator.num_processes)
+    train_loader = DataLoader(train_blocks.select_columns(["input_ids"]), batch_size=args.batch_size, shuffle=True,
+                              drop_last=True, collate_fn=default_data_collator)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    if len(train_loader) == 0:
+        raise ValueError(f"{len(train_blocks)} training blocks are fewer than one batch of {args.batch_size} per "
+                         f"process ({accelerator.num_processes} processes); lower --batch_size or --block_size")
+
+    state = dict(step=0, batches=0, tokens=0, train_seconds=0.0, train_loss=[], eval=[],
+                 args=asdict(args), num_processes=accelerator.num_processes)
+    byte_lengths = token_byte_lengths(tokenizer).to(accelerator.device)
+    tokens_per_step = args.batch_size * args.block_size * args.gradient_accumulation_steps * accelerator.num_processes
+    num_parameters = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+    accelerator.print(f"{args.model} ({args.preset}): {num_parameters:,} parameters | {len(train_blocks):,} training "
+                      f"blocks of {args.block_size} tokens | {tokens_per_step:,} tokens per step")
+    if args.resume:
+        state = resume_state(args, accelerator)
+        accelerator.print(f"resumed from step {state['step']} of {args.max_steps}")
+
+    def evaluate(max_blocks):
+        return evaluate_blocks(accelerator.unwrap_model(model), validation_blocks, byte_lengths, args.batch_size,
+                               max_blocks=max_blocks, accelerator=accelerator)
+
+    progress = tqdm(total=args.max_steps, initial=state["step"], desc="training", unit="step",
+                    disable=not accelerator.is_local_main_process)
+    start, start_step = time.perf_counter(), state["step"]
+    seconds_before = state["train_seconds"]
+    model.train()
+    step_losses = []
+    for batch in endless_batches(accelerator, train_loader, state["batches"]):
+        with accelerator.accumulate(model):
+            # The model shifts the labels itself, as in its own loss_function.
+            loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()  # the prepared optimizer and scheduler only step when gradients sync
+            scheduler.step()
+            optimizer.zero_grad()
+        state["batches"] += 1
+        step_losses.append(loss.detach())
+        if not accelerator.sync_gradients:
+            continue
+        step_loss = accelerator.reduce(torch.stack(step_losses).mean(), reduction="mean").item()
+        step_losses = []
+        state["step"] += 1
+        state["tokens"] += tokens_per_step
+        state["train_seconds"] = seconds_before + time.perf_counter() - start
+        state["train_loss"].append(step_loss)
+        speed = tokens_per_step * (state["step"] - start_step) / (time.perf_counter() - start)
+        progress.update()
+        progress.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{speed:,.0f}")
+        done = state["step"] == args.max_steps
+        if args.eval_every and state["step"] % args.eval_every == 0 and not done:
+            result = evaluate(args.eval_blocks)
+            state["eval"].append(dict(step=state["step"], **result.to_dict()))
+            if accelerator.is_main_process:
+                tqdm.write(f"step {state['step']}: held-out {result}")
+        out_of_time = args.time_limit is not None and out_of_time_everywhere(accelerator, start, args.time_limit)
+        if out_of_time or (args.save_every and state["step"] % args.save_every == 0 and not done):
+            save_checkpoint(accelerator, output_dir, state)
+        if on_step is not None:
+            on_step(state["step"], step_loss)
+        if done or out_of_time:
+            break
+    progress.close()
+    if state["step"] < args.max_steps:
+        accelerator.print(f"time limit of {args.time_limit:g} s reached at step {state['step']} of {args.max_steps}; "
+                          "--resume continues from here")
+
+    final = evaluate(args.final_eval_blocks)
+    metrics = dict(model=args.model, preset=args.preset, parameters=num_parameters, steps=state["step"],
+                   tokens=state["tokens"], train_seconds=round(state["train_seconds"], 1),
+                   final_eval=final.to_dict(), eval=state["eval"], train_loss=state["train_loss"], args=asdict(args),
+                   num_processes=accelerator.num_processes)
+    save_model(accelerator, model, tokenizer, output_dir, metrics)
+    if state["step"] == args.max_steps and accelerator.is_main_process:
+        # Complete: the checkpoint's pickles (optimizer, RNG states) go, leaving a folder ready for the Hub.
+        shutil.rmtree(last_checkpoint(output_dir), ignore_errors=True)
+    return metrics
+
+
+def endless_batches(accelerator: Accelerator, loader, batches_done: int):
+    """Micro-batches from where a run that had seen `batches_done` of them stopped, epoch after epoch."""
+    epoch, position = divmod(batches_done, len(loader))
+    while True:
+        loader.set_epoch(epoch)  # the seedable sampler shuffles each epoch with seed + epoch
+        yield from accelerator.skip_first_batches(loader, position) if position else loader
+        epoch, position = epoch + 1, 0
+
+
+def out_of_time_everywhere(accelerator: Accelerator, start: float, limit: float) -> bool:
+    # Every process must stop at the same step, so they agree on the slowest clock.
+    elapsed = torch.tensor(time.perf_counter() - start, device=accelerator.device)
+    return accelerator.reduce(elapsed, reduction="max").item() > limit
+
+
+def save_model(accelerator: Accelerator, model, tokenizer, output_dir: Path, metrics: dict):
+    """The Hub-ready folder: weights + modeling code (save_pretrained), tokenizer, model card, metrics.json."""
+    accelerator.wait_for_everyone()
+    # get_state_dict gathers the full weights where FSDP or DeepSpeed ZeRO-3 shard them.
+    accelerator.unwrap_model(model).save_pretrained(output_dir, is_main_process=accelerator.is_main_process,
+                                                    save_function=accelerator.save,
+                                                    state_dict=accelerator.get_state_dict(model))
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(output_dir)
+        (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+        config = json.loads((output_dir / "config.json").read_text())
+        if "auto_map" in config:  # an attnlab member: remote code ships in the folder
+            check_folder(output_dir)
+            (output_dir / "README.md").write_text(model_card(config, f"your-name/{output_dir.resolve().name}")
+                                                  + training_summary(metrics))
+    accelerator.wait_for_everyone()
+
+
+def training_summary(metrics: dict) -> str:
+    final = EvalResult(**metrics["final_eval"])
+    return (f"\n## Training\n\nTrained with `attnlab train` for {metrics['steps']} steps ({metrics['tokens']:,} tokens, "
+            f"{metrics['train_seconds']} s, {metrics['num_processes']} process(es)); {metrics['parameters']:,} "
+            f"parameters.\n\nHeld-out: {final}.\n")

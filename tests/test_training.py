@@ -1,0 +1,208 @@
+"""Training, resuming, saving and the CLI, end to end on tiny models (one thread, a few steps each)."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, pipeline
+
+from attnlab.cli import main
+from attnlab.data import shakespeare_text
+from attnlab.evaluation import evaluate_blocks, load_model_and_tokenizer
+from attnlab.members import MEMBERS, get_member
+from attnlab.tokenization_attnlab import byte_tokenizer, token_byte_lengths
+from attnlab.training import TrainArgs, build_config, load_blocks, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: one thread is several times faster than two fighting another job.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory):
+    """A small train / validation pair (about 15 blocks of 32 bytes per epoch at batch 4, so runs cross epochs)."""
+    folder = tmp_path_factory.mktemp("text")
+    text = shakespeare_text()
+    (folder / "train.txt").write_text(text[:2000])
+    (folder / "valid.txt").write_text(text[2000:2600])
+    return [str(folder / "train.txt")], [str(folder / "valid.txt")]
+
+
+@pytest.fixture
+def args(text_files, tmp_path):
+    train_files, validation_files = text_files
+    return TrainArgs(model="triple_product", preset="tiny", train_files=train_files, validation_files=validation_files,
+                     block_size=32, batch_size=4, max_steps=6, eval_every=3, eval_blocks=2, save_every=2,
+                     output_dir=str(tmp_path / "run"), num_threads=1)
+
+
+def test_train_eval_generate_reload(args, capsys):
+    metrics = train(args)
+    folder = Path(args.output_dir)
+    assert metrics["steps"] == 6 and len(metrics["train_loss"]) == 6 and [e["step"] for e in metrics["eval"]] == [3]
+    assert json.loads((folder / "metrics.json").read_text())["final_eval"] == metrics["final_eval"]
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md",
+                 "modeling_triple_product.py"):
+        assert (folder / name).is_file(), name
+    assert not list(folder.glob("checkpoint-*"))  # a complete run keeps no pickled optimizer state
+
+    # The saved model scores the held-out blocks exactly as the run's final evaluation did.
+    model, tokenizer = load_model_and_tokenizer(folder)
+    _, validation = load_blocks(args, tokenizer)
+    assert evaluate_blocks(model, validation, token_byte_lengths(tokenizer)).to_dict() == pytest.approx(
+        metrics["final_eval"])
+
+    capsys.readouterr()
+    main(["eval", str(folder), "--files", *args.validation_files, "--block_size", "32"])
+    main(["eval", str(folder), "--files", *args.validation_files, "--window", "32", "--stride", "16"])
+    main(["generate", str(folder), "--prompt", "ROMEO:", "--max_new_tokens", "8"])
+    out = capsys.readouterr().out
+    assert out.count("bits/byte") == 2 and "ROMEO:" in out
+
+    generator = pipeline("text-generation", model=str(folder), trust_remote_code=True)
+    text = generator("ROMEO:", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")
+
+
+def test_bpe_tokenizer_from_the_cli_sets_the_vocabulary(args, tmp_path, capsys):
+    main(["tokenizer", "--files", *args.train_files, "--vocab_size", "300", "--output_dir", str(tmp_path / "bpe")])
+    metrics = train(replace(args, tokenizer=str(tmp_path / "bpe"), max_steps=2))
+    model, tokenizer = load_model_and_tokenizer(args.output_dir)
+    assert model.config.vocab_size == len(tokenizer) == 300
+    # BPE tokens span several bytes: bits per byte counts the bytes, not the tokens.
+    assert metrics["final_eval"]["bytes"] > metrics["final_eval"]["tokens"]
+    main(["generate", args.output_dir, "--greedy", "--max_new_tokens", "4"])
+
+
+def test_resume_continues_the_same_loss_curve(args):
+    args = replace(args, max_steps=10, gradient_accumulation_steps=2, eval_every=4)  # 20 batches: crosses an epoch
+    uninterrupted = train(replace(args, output_dir=args.output_dir + "-uninterrupted"))
+
+    class Interrupt(Exception):
+        pass
+
+    def interrupt(step, loss):
+        if step == 5:  # after the checkpoint of step 4, before the one of step 6
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(args, on_step=interrupt)
+    assert [p.name for p in Path(args.output_dir).glob("checkpoint-*")] == ["checkpoint-4"]
+    resumed = train(replace(args, resume=True))
+    assert resumed["train_loss"] == uninterrupted["train_loss"]
+    assert resumed["eval"] == uninterrupted["eval"] and resumed["final_eval"] == uninterrupted["final_eval"]
+
+
+def test_time_limit_stops_with_a_checkpoint_and_resume_finishes(args):
+    stopped = train(replace(args, time_limit=0.0))
+    assert stopped["steps"] == 1 and (Path(args.output_dir) / "checkpoint-1").is_dir()
+    assert train(replace(args, resume=True))["steps"] == args.max_steps
+    assert not list(Path(args.output_dir).glob("checkpoint-*"))
+
+
+def test_resume_refuses_another_configuration(args):
+    train(replace(args, time_limit=0.0))  # stops after one step with a checkpoint
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        train(args)
+    with pytest.raises(ValueError, match="block_size=32.*block_size=16"):
+        train(replace(args, block_size=16, resume=True))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(replace(args, output_dir=args.output_dir + "-empty", resume=True))
+
+
+def test_cli_errors_are_one_line(args, capsys):
+    train(replace(args, time_limit=0.0))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", "--output_dir", args.output_dir, "--resume", "--block_size", "16",
+              "--train_files", *args.train_files, "--validation_files", *args.validation_files])
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "block_size=32" in err and "block_size=16" in err
+
+
+def test_bad_model_choices():
+    tokenizer = byte_tokenizer()
+    with pytest.raises(ValueError, match="unknown model 'mamba'"):
+        build_config("mamba", "tiny", tokenizer, 32)
+    with pytest.raises(ValueError, match="unknown size preset 'huge'"):
+        build_config("triple_product", "huge", tokenizer, 32)
+    with pytest.raises(ValueError, match="max_position_embeddings=4096"):
+        build_config("triple_product", "tiny", tokenizer, 4096, ["max_position_embeddings=1024"])
+    with pytest.raises(ValueError, match="hiden_size"):
+        build_config("llama", "tiny", tokenizer, 32, ["hiden_size=8"])
+    config = build_config("elita", "tiny", tokenizer, 32, ["num_hidden_layers=3", "rms_norm_eps=1e-5"])
+    assert (config.vocab_size, config.num_hidden_layers, config.rms_norm_eps) == (259, 3, 1e-5)
+
+
+def test_config_file(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1,
+                                                          num_attention_heads=4, vocab_size=5)))
+    config = build_config("llama", "tiny", byte_tokenizer(), 32, ["num_hidden_layers=2"], str(tmp_path / "config.json"))
+    assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (48, 2, 259)
+
+
+def test_tokenizer_must_match_the_model(tmp_path):
+    member = MEMBERS["triple_product"]
+    member.causal_lm_class(member.test_config()).save_pretrained(tmp_path)  # vocabulary 97
+    with pytest.raises(ValueError, match="259 tokens.*vocabulary of 97"):
+        load_model_and_tokenizer(str(tmp_path), "bytes")
+
+
+def test_missing_or_empty_data_file(args, tmp_path):
+    with pytest.raises((FileNotFoundError, ValueError), match="missing.txt"):
+        train(replace(args, train_files=[str(tmp_path / "missing.txt")]))
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty.txt"):
+        train(replace(args, train_files=[str(tmp_path / "empty.txt")]))
+
+
+@pytest.mark.parametrize("name", sorted(MEMBERS))
+def test_members_declare_no_split_modules(name):
+    member = get_member(name)
+    model = member.causal_lm_class(member.test_config())
+    layer_classes = {type(module).__name__ for module in model.modules()}
+    assert model._no_split_modules and set(model._no_split_modules) <= layer_classes
+
+
+def test_transformers_trainer_trains_a_member(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    member = MEMBERS["elita"]
+    torch.manual_seed(0)
+    model = member.causal_lm_class(member.test_config())
+    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(3, 97, (8, 16)).tolist()]
+    trainer = Trainer(model=model, train_dataset=rows,
+                      args=TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
+                                             learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True,
+                                             logging_steps=1))
+    result = trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert result.global_step == 3 and len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_two_processes_with_accelerate_launch(text_files, tmp_path):
+    train_files, validation_files = text_files
+    # accelerate 1.15's `launch --cpu --num_processes 2` starts one process (its CPU path needs mpirun); two
+    # gloo processes come from the multi-process launcher with ACCELERATE_USE_CPU=1.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "-m", "attnlab.cli", "train", "--preset", "tiny", "--block_size", "32", "--batch_size", "2",
+               "--max_steps", "3", "--eval_every", "2", "--eval_blocks", "3", "--num_threads", "1",
+               "--train_files", *train_files, "--validation_files", *validation_files,
+               "--output_dir", str(tmp_path / "run")]
+    # `python -m` from the repository root imports this checkout of attnlab.
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run(command, cwd=REPO, env=env, check=True, timeout=120, capture_output=True)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and metrics["steps"] == 3 and metrics["tokens"] == 3 * 2 * 2 * 32
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run") is not None
