@@ -129,6 +129,16 @@ def build_config(model: str, preset: str, tokenizer, block_size: int, config_ove
     return config
 
 
+def build_model(args: TrainArgs, tokenizer):
+    config = build_config(args.model, args.preset, tokenizer, args.block_size, args.config_overrides, args.config_file)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                   eos_token_id=tokenizer.eos_token_id)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    return model
+
+
 def load_blocks(args: TrainArgs, tokenizer):
     """Train and validation splits packed into blocks of `block_size` tokens."""
     splits = load_text_splits(train_files=args.train_files, validation_files=args.validation_files,
@@ -215,14 +225,9 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     tokenizer = load_tokenizer(args.tokenizer)
-    config = build_config(args.model, args.preset, tokenizer, args.block_size, args.config_overrides, args.config_file)
+    model = build_model(args, tokenizer)
     with accelerator.main_process_first():
         train_blocks, validation_blocks = load_blocks(args, tokenizer)
-    model = AutoModelForCausalLM.from_config(config)
-    model.generation_config.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                                   eos_token_id=tokenizer.eos_token_id)
-    if args.gradient_checkpointing:
-        model.activation_checkpointing_enable()
     optimizer = optimizer_for(model, args)
     # The prepared scheduler steps once per process per optimizer step (as in transformers' run_clm_no_trainer).
     scheduler = get_cosine_schedule_with_warmup(
