@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import attnlab  # noqa: F401  (registers the Auto classes)
+from attnlab.modeling_common import CACHE_FIELD
 from attnlab.audit import (
     future_perturbation_gap,
     generate_agrees_with_and_without_cache,
@@ -60,6 +61,20 @@ def test_prefill_then_decoding_equals_full_forward(model, step):
             cache = out.past_key_values
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=0)
     assert cache.get_seq_length() == ids.shape[1]
+
+
+def test_cache_is_accepted_under_either_name(model):
+    """transformers 5.24 renamed `past_key_values` to `cache`; saved folders must work on both sides of it."""
+    ids = random_ids(2, 12)
+    with torch.no_grad():
+        continued = []
+        for name in ("cache", "past_key_values"):
+            cache = getattr(model(ids[:, :8], use_cache=True), CACHE_FIELD)
+            continued.append(model(ids[:, 8:], use_cache=True, **{name: cache}).logits)
+        torch.testing.assert_close(continued[0], continued[1], atol=0, rtol=0)
+        torch.testing.assert_close(continued[0], logits(model, ids)[:, 8:], atol=1e-4, rtol=0)
+        with pytest.raises(ValueError, match="not both"):
+            model(ids[:, 8:], cache=cache, past_key_values=cache)
 
 
 GENERATE_MODES = {
