@@ -64,7 +64,8 @@ def main():
     parser.add_argument("--llama-lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     parser.add_argument("--loop-lengths", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median over rounds reported)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed steps per measurement (median taken)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed steps per measurement, after one warm-up step (median taken)")
     args = parser.parse_args()
     device = torch.device(args.device)
     autocast = bf16_autocast_is_fast(device.type)  # decided once, so every measurement runs in the same precision
