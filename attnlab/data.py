@@ -10,6 +10,7 @@ import gzip
 import logging
 import os
 import re
+from collections.abc import Iterable
 from importlib import resources
 
 import pyarrow as pa
@@ -88,19 +89,26 @@ def load_text_splits(train_files: str | list[str] | None = None, validation_file
     return splits
 
 
+def existing_files(files: str | os.PathLike | Iterable[str | os.PathLike], kind: str) -> list[str]:
+    """One path or many as a list of strings, each an existing, non-empty file (`kind` names them in errors)."""
+    paths = [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else [os.fspath(f) for f in files]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{kind} not found: {path}")
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{kind} is empty: {path}")
+    return paths
+
+
 def _load_files(train_files, validation_files) -> DatasetDict:
-    data_files = {"train": _as_list(train_files)}
+    data_files = {"train": existing_files(train_files, "data file")}
     if validation_files is not None:
-        data_files["validation"] = _as_list(validation_files)
+        data_files["validation"] = existing_files(validation_files, "data file")
     builders = set()
     for path in sum(data_files.values(), []):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"data file not found: {path}")
         extension = os.path.splitext(path)[1].lower()
         if extension not in _BUILDERS:
             raise ValueError(f"unsupported data file {path}: use one of {', '.join(_BUILDERS)}")
-        if os.path.getsize(path) == 0:
-            raise ValueError(f"data file is empty: {path}")
         builders.add(_BUILDERS[extension])
     if len(builders) > 1:
         raise ValueError(f"data files mix formats ({', '.join(sorted(builders))}); convert them to one format")
@@ -114,10 +122,6 @@ def _load_hub(dataset_name: str, dataset_config: str | None) -> DatasetDict:
     if "train" not in splits:
         raise ValueError(f"dataset {dataset_name!r} has no 'train' split (it has {sorted(splits)})")
     return DatasetDict({name: splits[name] for name in ("train", "validation") if name in splits})
-
-
-def _as_list(files: str | list[str]) -> list[str]:
-    return [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else [os.fspath(f) for f in files]
 
 
 def _drop_blank(dataset: Dataset, text_column: str, split: str) -> Dataset:

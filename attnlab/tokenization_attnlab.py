@@ -23,6 +23,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from .data import existing_files
+
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>"}
 
 # GPT-2's printable stand-in character for each byte, which is how byte-level tokenizers store bytes as strings.
@@ -59,14 +61,9 @@ def byte_tokenizer(model_max_length: int = 1_000_000) -> PreTrainedTokenizerFast
 def train_bpe_tokenizer(files: str | os.PathLike | Iterable[str | os.PathLike], vocab_size: int,
                         min_frequency: int = 2, model_max_length: int = 1_000_000) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on text files: every byte stays encodable, so the round trip is lossless."""
-    files = [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else [os.fspath(f) for f in files]
+    files = existing_files(files, "tokenizer training file")
     if not files:
         raise ValueError("train_bpe_tokenizer needs at least one text file")
-    for path in files:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"tokenizer training file not found: {path}")
-        if os.path.getsize(path) == 0:
-            raise ValueError(f"tokenizer training file is empty: {path}")
     if vocab_size < _MIN_VOCAB_SIZE:
         raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs at least {_MIN_VOCAB_SIZE} "
                          f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
