@@ -5,7 +5,7 @@ setup:
 	bash scripts/setup_env.sh
 
 demo: setup
-	.venv/bin/python -m attnlab.cli demo
+	.venv/bin/python -m attnlab demo
 
 test: setup
 	.venv/bin/python -m pytest -q tests

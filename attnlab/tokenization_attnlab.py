@@ -9,7 +9,7 @@ Both share one layout, so the byte tokenizer is simply the BPE with no merges:
 - ids 256, 257, 258 are `<pad>`, `<bos>`, `<eos>`;
 - ids 259.. are the BPE merges, in the order they were learned.
 
-Encoding never adds special tokens, whatever `add_special_tokens` says: the data pipeline (`attnlab.data`) places
+Encoding never adds special tokens, whatever `add_special_tokens` says: the data pipeline (`attnlab.workbench.data`) places
 `<eos>` between documents itself, so a tokenizer call always returns exactly the text's tokens and decoding
 gives back exactly the text.
 """
@@ -22,8 +22,6 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-from .data import existing_files
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>"}
 
@@ -56,6 +54,17 @@ def _byte_level_tokenizer(merges: list[tuple[str, str]], split_words: bool,
 def byte_tokenizer(model_max_length: int = 1_000_000) -> PreTrainedTokenizerFast:
     """The lossless byte tokenizer: 256 byte ids (id == byte value) plus `<pad>`=256, `<bos>`=257, `<eos>`=258."""
     return _byte_level_tokenizer([], split_words=False, model_max_length=model_max_length)
+
+
+def existing_files(files: str | os.PathLike | Iterable[str | os.PathLike], kind: str) -> list[str]:
+    """One path or many as a list of strings, each an existing, non-empty file (`kind` names them in errors)."""
+    paths = [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else [os.fspath(f) for f in files]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{kind} not found: {path}")
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{kind} is empty: {path}")
+    return paths
 
 
 def train_bpe_tokenizer(files: str | os.PathLike | Iterable[str | os.PathLike], vocab_size: int,

@@ -9,7 +9,7 @@ of 131072 tokens completes. Writes docs/benchmarks/elita.{md,json,png}.
 
 import argparse
 
-from attnlab.benchmarking import growth_exponent, isolated, markdown_table, plot_series, save_report, side_by_side
+from attnlab.workbench.benchmarking import growth_exponent, isolated, markdown_table, plot_series, save_report, side_by_side
 
 NAMES = ["elita", "llama"]
 

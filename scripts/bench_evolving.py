@@ -11,19 +11,15 @@ tables report the median over rounds. Writes docs/benchmarks/evolving.{md,json,p
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the seed's loop lives in tests/reference
-
-from attnlab.benchmarking import bf16_autocast_is_fast, isolated, markdown_table, median_seconds, plot_series, save_report
+from attnlab.workbench.benchmarking import bf16_autocast_is_fast, isolated, markdown_table, median_seconds, plot_series, save_report
 from attnlab.members import get_member
 from attnlab.modeling_evolving import EvolvingAttention, evolve
-from tests.reference.seed_000_evolving import seed_evolution
+from attnlab.workbench.seed_reference.seed_000_evolving import seed_evolution
 
-SEED_LOOP = "tests.reference.seed_000_evolving:SeedEvolvingAttention"
+SEED_LOOP = "attnlab.workbench.seed_reference.seed_000_evolving:SeedEvolvingAttention"
 
 
 def evolution_step_seconds(preset: str, seq_len: int, device: torch.device, repeats: int) -> dict[str, float]:

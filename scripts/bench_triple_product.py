@@ -8,7 +8,7 @@ Writes docs/benchmarks/triple_product.{md,json,png}.
 
 import argparse
 
-from attnlab.benchmarking import growth_exponent, isolated, markdown_table, plot_series, save_report
+from attnlab.workbench.benchmarking import growth_exponent, isolated, markdown_table, plot_series, save_report
 
 
 def main():

@@ -14,7 +14,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's attnlab, run from anywhere
-from attnlab.experiments import Comparison, run, write_report  # noqa: E402
+from attnlab.workbench.experiments import Comparison, run, write_report  # noqa: E402
 
 
 def main():

@@ -4,7 +4,7 @@
                                                [--lengths 512 1024 2048] [--steps 60]
 
 Trains a tiny evolving model on 50 short Shakespeare passages right-padded to each length (see
-attnlab/padding_accuracy.py), evaluates on 64 held-out passages from the end of the corpus, and writes
+attnlab/workbench/padding_accuracy.py), evaluates on 64 held-out passages from the end of the corpus, and writes
 docs/experiments/seed000_padding_accuracy.{md,json}.
 """
 
@@ -13,8 +13,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from attnlab.benchmarking import machine_description
-from attnlab.padding_accuracy import markdown, run
+from attnlab.workbench.benchmarking import machine_description
+from attnlab.workbench.padding_accuracy import markdown, run
 
 
 def main():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from attnlab.audit import audit, main
+from attnlab.workbench.audit import audit, main
 from attnlab.members import MEMBERS
 from attnlab.modeling_triple_product import TripleProductForCausalLM
 

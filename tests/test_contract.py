@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import attnlab  # noqa: F401  (registers the Auto classes)
 from attnlab.modeling_common import CACHE_FIELD
-from attnlab.audit import (
+from attnlab.workbench.audit import (
     future_perturbation_gap,
     generate_agrees_with_and_without_cache,
     left_padding_gap,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from attnlab.data import (
+from attnlab.workbench.data import (
     SHAKESPEARE_VALIDATION_TITLES, load_text_splits, pack_blocks, shakespeare_documents, shakespeare_splits,
     shakespeare_text, token_stream,
 )
@@ -57,7 +57,7 @@ def test_held_out_text_is_absent_from_training(splits):
 def test_pack_blocks_joins_documents_with_eos_and_drops_the_tail(tok, caplog):
     dataset = Dataset.from_dict({"text": ["abc", "de", "fghij"]})
     stream = [97, 98, 99, EOS, 100, 101, EOS, 102, 103, 104, 105, 106]  # eos between documents, not after the last
-    with caplog.at_level(logging.INFO, logger="attnlab.data"):
+    with caplog.at_level(logging.INFO, logger="attnlab.workbench.data"):
         blocks = pack_blocks(dataset, tok, block_size=5)
     assert blocks.column_names == ["input_ids"]
     assert blocks["input_ids"] == [stream[:5], stream[5:10]]

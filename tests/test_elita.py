@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from attnlab import ElitaConfig, ElitaForCausalLM
-from attnlab.audit import decode_gap, generate_agrees_with_and_without_cache, left_padding_gap
+from attnlab.workbench.audit import decode_gap, generate_agrees_with_and_without_cache, left_padding_gap
 from attnlab.members import MEMBERS
 from attnlab.modeling_elita import ElitaAttention, ElitaFeedForward, cumulative_softmax
-from tests.reference.seed_001_elita import Attention2, FeedForward2
+from attnlab.workbench.seed_reference.seed_001_elita import Attention2, FeedForward2
 
 WIDTH, HEADS, POSITION_WIDTH, MAX_POSITIONS = 32, 4, 6, 256
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from attnlab.evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, score_targets, sliding_window_spans
+from attnlab.workbench.evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, score_targets, sliding_window_spans
 from attnlab.members import MEMBERS
 from datasets import Dataset
 

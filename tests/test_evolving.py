@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from attnlab import EvolvingConfig, EvolvingForCausalLM
-from attnlab.audit import decode_gap, left_padding_gap
+from attnlab.workbench.audit import decode_gap, left_padding_gap
 from attnlab.modeling_evolving import EvolvingAttention, leaky_scan
-from tests.reference.seed_000_evolving import SeedEvolvingAttention
+from attnlab.workbench.seed_reference.seed_000_evolving import SeedEvolvingAttention
 
 WIDTH, HEADS = 32, 4
 

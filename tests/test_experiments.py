@@ -2,7 +2,7 @@
 
 import pytest
 
-from attnlab.experiments import Comparison, matched_baseline_overrides, summarise
+from attnlab.workbench.experiments import Comparison, matched_baseline_overrides, summarise
 from attnlab.members import MEMBERS
 
 

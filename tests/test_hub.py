@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from attnlab.hub import check_folder, publish
+from attnlab.workbench.hub import check_folder, publish
 from attnlab.members import MEMBERS
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attnlab.padding_accuracy import PAD, next_token_accuracies, pad_batch
+from attnlab.workbench.padding_accuracy import PAD, next_token_accuracies, pad_batch
 
 
 def one_hot_logits(predictions, vocab=8):

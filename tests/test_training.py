@@ -11,12 +11,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, pipeline
 
-from attnlab.cli import main
-from attnlab.data import shakespeare_text
-from attnlab.evaluation import evaluate_blocks, load_model_and_tokenizer
+from attnlab.workbench.cli import main
+from attnlab.workbench.data import shakespeare_text
+from attnlab.workbench.evaluation import evaluate_blocks, load_model_and_tokenizer
 from attnlab.members import MEMBERS, get_member
 from attnlab.tokenization_attnlab import byte_tokenizer, token_byte_lengths
-from attnlab.training import TrainArgs, build_config, load_blocks, train
+from attnlab.workbench.training import TrainArgs, build_config, load_blocks, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,7 +196,7 @@ def test_two_processes_with_accelerate_launch(text_files, tmp_path):
     # accelerate 1.15's `launch --cpu --num_processes 2` starts one process (its CPU path needs mpirun); two
     # gloo processes come from the multi-process launcher with ACCELERATE_USE_CPU=1.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "-m", "attnlab.cli", "train", "--preset", "tiny", "--block_size", "32", "--batch_size", "2",
+               "-m", "attnlab", "train", "--preset", "tiny", "--block_size", "32", "--batch_size", "2",
                "--max_steps", "3", "--eval_every", "2", "--eval_blocks", "3", "--num_threads", "1",
                "--train_files", *train_files, "--validation_files", *validation_files,
                "--output_dir", str(tmp_path / "run")]

@@ -6,7 +6,7 @@ import torch
 from attnlab import TripleProductConfig
 from attnlab.modeling_common import AttnlabRotaryEmbedding
 from attnlab.modeling_triple_product import TripleProductAttention, query_plane, triple_product_attention
-from tests.reference.seed_003_triple_product import TripleProductAttention as SeedTripleProductAttention
+from attnlab.workbench.seed_reference.seed_003_triple_product import TripleProductAttention as SeedTripleProductAttention
 
 WIDTH, HEADS = 32, 4
 

@@ -15,8 +15,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from .benchmarking import machine_description
-from .members import get_member
-from .tokenization_attnlab import byte_tokenizer
+from ..members import get_member
+from ..tokenization_attnlab import byte_tokenizer
 from .training import TrainArgs, build_config, parse_overrides, train
 
 BASELINE = "llama"

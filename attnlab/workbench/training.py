@@ -26,8 +26,8 @@ from transformers import AutoModelForCausalLM, PreTrainedConfig, default_data_co
 from .data import load_text_splits, pack_blocks
 from .evaluation import EvalResult, evaluate_blocks
 from .hub import check_folder, model_card
-from .members import get_member
-from .tokenization_attnlab import load_tokenizer, token_byte_lengths
+from ..members import get_member
+from ..tokenization_attnlab import load_tokenizer, token_byte_lengths
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"

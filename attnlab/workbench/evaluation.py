@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, default_data_collator
 
-from .tokenization_attnlab import load_tokenizer
+from ..tokenization_attnlab import load_tokenizer
 
 IGNORE_INDEX = -100
 

@@ -1,6 +1,6 @@
 """Speed and memory measurements, always side by side with a baseline in one run.
 
-Every measurement runs in a fresh subprocess (`python -m attnlab.benchmarking KIND --json ARGS`), so peak memory
+Every measurement runs in a fresh subprocess (`python -m attnlab.workbench.benchmarking KIND --json ARGS`), so peak memory
 is that of one model at one size: on CUDA `torch.cuda.max_memory_allocated`, on CPU the growth of the process's
 peak resident set over what it held before the measured work started (weights, optimizer state and inputs
 already allocated). Timings are medians over repeats after warm-up; scripts report them as ratios to the baseline
@@ -102,7 +102,7 @@ class PeakMemory:
 
 def build_model(name: str, preset: str, max_position_embeddings: int, vocab_size: int, device: torch.device,
                 mixer: str | None = None, **overrides):
-    from .members import get_member
+    from ..members import get_member
 
     member = get_member(name)
     config = member.preset_config(preset, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
@@ -128,7 +128,7 @@ def swap_mixers(model, mixer: str):
 
 
 def _attnlab_model_types() -> set[str]:
-    from .members import MEMBERS
+    from ..members import MEMBERS
 
     return {member.config_class.model_type for member in MEMBERS.values()}
 
@@ -265,7 +265,7 @@ def isolated(kind: str, model_name: str, preset: str, batch_size: int, seq_len: 
              **kwargs) -> Measurement:
     """`measure` in a fresh Python process; raises with the child's stderr if it fails (e.g. out of memory)."""
     request = dict(kind=kind, model_name=model_name, preset=preset, batch_size=batch_size, seq_len=seq_len, **kwargs)
-    result = subprocess.run([sys.executable, "-m", "attnlab.benchmarking", json.dumps(request)],
+    result = subprocess.run([sys.executable, "-m", "attnlab.workbench.benchmarking", json.dumps(request)],
                             capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise RuntimeError(f"measurement {request} failed:\n{result.stderr[-2000:]}")

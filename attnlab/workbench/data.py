@@ -19,6 +19,8 @@ import torch
 from datasets import Dataset, DatasetDict, load_dataset
 from transformers import PreTrainedTokenizerBase
 
+from ..tokenization_attnlab import existing_files
+
 logger = logging.getLogger(__name__)
 
 # Whole plays held out for validation, spread through the (alphabetical) corpus: a comedy, a tragedy and a
@@ -36,7 +38,7 @@ _BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "par
 @functools.cache
 def shakespeare_text() -> str:
     """The embedded corpus: the complete works of Shakespeare (public domain), about 5 MB of ASCII text."""
-    packed = resources.files("attnlab").joinpath("corpus/shakespeare.txt.gz").read_bytes()
+    packed = resources.files("attnlab.workbench").joinpath("corpus/shakespeare.txt.gz").read_bytes()
     return gzip.decompress(packed).decode("utf-8")
 
 
@@ -87,17 +89,6 @@ def load_text_splits(train_files: str | list[str] | None = None, validation_file
     if "validation" not in splits:
         splits = _hold_out_tail(splits["train"], validation_fraction)
     return splits
-
-
-def existing_files(files: str | os.PathLike | Iterable[str | os.PathLike], kind: str) -> list[str]:
-    """One path or many as a list of strings, each an existing, non-empty file (`kind` names them in errors)."""
-    paths = [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else [os.fspath(f) for f in files]
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{kind} not found: {path}")
-        if os.path.getsize(path) == 0:
-            raise ValueError(f"{kind} is empty: {path}")
-    return paths
 
 
 def _load_files(train_files, validation_files) -> DatasetDict:

@@ -62,8 +62,8 @@ def pad_batch(passages: list[bytes], seq_len: int) -> torch.Tensor:
 
 
 def tiny_evolving(seq_len: int):
-    from .configuration_evolving import EvolvingConfig
-    from .modeling_evolving import EvolvingForCausalLM
+    from ..configuration_evolving import EvolvingConfig
+    from ..modeling_evolving import EvolvingForCausalLM
 
     config = EvolvingConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                             num_attention_heads=4, max_position_embeddings=seq_len, pad_token_id=PAD)

@@ -20,7 +20,7 @@ from transformers import HfArgumentParser
 
 from .data import load_text_splits, pack_blocks, token_stream
 from .evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
-from .tokenization_attnlab import token_byte_lengths, train_bpe_tokenizer
+from ..tokenization_attnlab import token_byte_lengths, train_bpe_tokenizer
 from .training import TrainArgs, train
 
 

@@ -4,7 +4,7 @@ The seeds this library comes from leaked future tokens or decoded differently fr
 checks catch both, on any `transformers` causal LM (an attnlab member, a saved folder, or a new mixer under
 development):
 
-    python -m attnlab.audit path/to/folder      # or: from attnlab.audit import audit; audit(model)
+    python -m attnlab.workbench.audit path/to/folder      # or: from attnlab.workbench.audit import audit; audit(model)
 
 Each check returns a number (a max abs logit difference) or a bool; `audit` runs them all on random tokens and
 compares them with the tolerances of the contract suite.
