@@ -1,6 +1,7 @@
 """attnlab: experimental attention architectures as Hugging Face transformers models.
 
-Importing the package registers every member with AutoConfig, AutoModel and AutoModelForCausalLM.
+Importing the package registers every member of `attnlab.members.MEMBERS` with AutoConfig, AutoModel and
+AutoModelForCausalLM.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -8,20 +9,15 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from .configuration_elita import ElitaConfig
 from .configuration_evolving import EvolvingConfig
 from .configuration_triple_product import TripleProductConfig
+from .members import MEMBERS
 from .modeling_elita import ElitaForCausalLM, ElitaModel
 from .modeling_evolving import EvolvingForCausalLM, EvolvingModel
 from .modeling_triple_product import TripleProductForCausalLM, TripleProductModel
 
-_CAUSAL_LM_MEMBERS = [
-    (EvolvingConfig, EvolvingModel, EvolvingForCausalLM),
-    (TripleProductConfig, TripleProductModel, TripleProductForCausalLM),
-    (ElitaConfig, ElitaModel, ElitaForCausalLM),
-]
-
-for _config, _model, _causal_lm in _CAUSAL_LM_MEMBERS:
-    AutoConfig.register(_config.model_type, _config, exist_ok=True)
-    AutoModel.register(_config, _model, exist_ok=True)
-    AutoModelForCausalLM.register(_config, _causal_lm, exist_ok=True)
+for _member in MEMBERS.values():
+    AutoConfig.register(_member.config_class.model_type, _member.config_class, exist_ok=True)
+    AutoModel.register(_member.config_class, _member.model_class, exist_ok=True)
+    AutoModelForCausalLM.register(_member.config_class, _member.causal_lm_class, exist_ok=True)
 
 __version__ = "0.1.0"
 __all__ = [

@@ -2,7 +2,15 @@
 
 Member configs subclass `AttnlabConfig`, add their own fields and set `model_type`. Field names follow
 transformers' conventions (`LlamaConfig`), so tools that read `hidden_size` or `num_hidden_layers` work unchanged.
+
+Mixers and caches. Each layer application runs one sequence mixer: the member's own (named by its `model_type`) or
+`"attention"`, Llama's causal softmax attention (RoPE, SDPA), chosen per layer by `mixer_types` to build hybrid
+stacks. `layer_types` is derived from it in transformers' vocabulary, one entry per layer application, so that the
+`DynamicCache(config)` that generate() builds has the right cache layer in every slot: `full_attention` (keys and
+values), `linear_attention` (fixed-size recurrent states) or `hybrid` (both).
 """
+
+from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
@@ -26,9 +34,25 @@ class AttnlabConfig(PreTrainedConfig):
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
+    mixer_types: list[str] | None = None
+    layer_types: list[str] | None = None
+
+    # The cache layer kind of the member's own mixer and how many recurrent state tensors it keeps per layer.
+    own_mixer_cache_kind: ClassVar[str] = "full_attention"
+    own_mixer_recurrent_states: ClassVar[int] = 0
 
     def __post_init__(self, **kwargs):
         self.check_values()
+        if self.mixer_types is None:
+            self.mixer_types = [self.model_type] * self.num_hidden_layers
+        self.check_mixer_types()
+        layer_types = self.derived_layer_types()
+        if self.layer_types is not None and list(self.layer_types) != layer_types:
+            raise ValueError(
+                f"{type(self).__name__}: layer_types {self.layer_types} disagree with mixer_types {self.mixer_types} "
+                f"(expected {layer_types}); set mixer_types and leave layer_types to be derived"
+            )
+        self.layer_types = layer_types
         # The full auto_map (not only the classes that happen to be saved) lets a Hub folder load with
         # AutoConfig, AutoModel and AutoModelForCausalLM through trust_remote_code.
         self.auto_map = self.default_auto_map()
@@ -66,6 +90,38 @@ class AttnlabConfig(PreTrainedConfig):
                     raise ValueError(
                         f"{type(self).__name__}: {name}={token_id} is outside the vocabulary [0, {self.vocab_size})"
                     )
+
+    def check_mixer_types(self):
+        allowed = (self.model_type, "attention")
+        if not isinstance(self.mixer_types, (list, tuple)) or len(self.mixer_types) != self.num_hidden_layers:
+            raise ValueError(
+                f"{type(self).__name__}: mixer_types must be a list of num_hidden_layers={self.num_hidden_layers} "
+                f"names, got {self.mixer_types!r}"
+            )
+        unknown = sorted(set(self.mixer_types) - set(allowed))
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: unknown mixer_types {unknown}; each layer is one of {allowed}")
+        self.mixer_types = list(self.mixer_types)
+
+    def derived_layer_types(self) -> list[str]:
+        kinds = [self.own_mixer_cache_kind if mixer == self.model_type else "full_attention"
+                 for mixer in self.mixer_types]
+        # transformers' cache reports its length (which generate() and positions need) only from layers that hold
+        # keys: a stack of recurrent layers alone fails generate() on 5.23 and cannot be continued on 5.24. So the
+        # first slot of such a stack is a hybrid layer in which the model records one placeholder key per token.
+        if "full_attention" not in kinds and "hybrid" not in kinds:
+            kinds[0] = "hybrid"
+        return kinds
+
+    @property
+    def records_length(self) -> bool:
+        """Whether the model writes the length placeholder keys into slot 0 (a stack without attention slots)."""
+        return self.own_mixer_cache_kind == "linear_attention" and "attention" not in self.mixer_types
+
+    @property
+    def number_of_conv_states(self) -> int:
+        """Recurrent state tensors per linear or hybrid cache layer (transformers reads this name)."""
+        return max(1, self.own_mixer_recurrent_states)
 
     @property
     def head_dim(self) -> int:

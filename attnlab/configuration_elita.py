@@ -21,12 +21,18 @@ class ElitaConfig(AttnlabConfig):
         linear_factor (`int`, 8): FeedForward2's second input width l; its kernel is hidden x hidden x l.
         scan_chunk_size (`int`, 128): tokens per step of the parallel scan; time and memory are O(T * chunk).
         num_wraps (`int`, 1): how many times the whole layer stack runs (the seed's "wrap", which used 3), each
-            pass starting with its own learned bias added to the residual stream.
+            pass starting with its own learned bias added to the residual stream. `num_hidden_layers` counts layer
+            applications (one cache slot each, as transformers' caches expect), so the stack holds
+            `num_hidden_layers // num_wraps` distinct layers, and `mixer_types` must repeat with that period.
         logit_ffn_size (`int`, 0): width of the seed's feed-forward over the tied head's logits
             (vocab -> size -> vocab, swish, added to the logits); 0 disables it.
     """
 
     model_type = "elita"
+    # Decoding state per layer and head: running max of the cross logits, and the sums of e^{cross - max} and of
+    # e^{cross - max} v (recurrent states 0, 1, 2 of a transformers linear-attention cache layer).
+    own_mixer_cache_kind = "linear_attention"
+    own_mixer_recurrent_states = 3
 
     position_width: int = 16
     position_step: float | None = None
@@ -40,6 +46,17 @@ class ElitaConfig(AttnlabConfig):
             self.position_step = 1.0 / max(1, self.max_position_embeddings - 1)
         super().__post_init__(**kwargs)
 
+    def check_mixer_types(self):
+        super().check_mixer_types()
+        stack = self.num_hidden_layers // self.num_wraps
+        if self.mixer_types != self.mixer_types[:stack] * self.num_wraps:
+            raise ValueError(f"ElitaConfig: mixer_types {self.mixer_types} must repeat every "
+                             f"{stack} layers, the stack that each of the {self.num_wraps} wraps runs")
+
+    @property
+    def num_distinct_layers(self) -> int:
+        return self.num_hidden_layers // self.num_wraps
+
     def check_values(self):
         super().check_values()
         for name in ("position_width", "linear_factor", "scan_chunk_size", "num_wraps"):
@@ -49,6 +66,9 @@ class ElitaConfig(AttnlabConfig):
         if isinstance(self.logit_ffn_size, bool) or not isinstance(self.logit_ffn_size, int) or self.logit_ffn_size < 0:
             raise ValueError(f"ElitaConfig: logit_ffn_size must be a non-negative integer (0 = off), "
                              f"got {self.logit_ffn_size!r}")
+        if self.num_hidden_layers % self.num_wraps:
+            raise ValueError(f"ElitaConfig: num_hidden_layers ({self.num_hidden_layers}) counts layer applications "
+                             f"and must be divisible by num_wraps ({self.num_wraps})")
         if not self.position_step > 0:
             raise ValueError(f"ElitaConfig: position_step must be positive, got {self.position_step!r}")
 

@@ -5,8 +5,11 @@ MLP, rotary embedding, pre-norm residual block, input checks, cache handling and
 style of transformers' `modeling_llama.py`.
 
 A mixer is an `nn.Module` built as `Mixer(config, layer_idx)` and called as
-`mixer(hidden_states, position_ids=..., position_embeddings=(cos, sin) or None, attention_mask=..., past_key_values=...)`
-where `attention_mask` is None or a bool tensor [batch, past + new] that is True on real tokens.
+`mixer(hidden_states, position_ids=..., position_embeddings=(cos, sin) or None, token_mask=..., cache=..., cache_idx=...,
+past_length=...)`; it takes the keywords it needs and ignores the rest. `token_mask` is None or a bool tensor
+[batch, past + new] that is True on real tokens (the one meaning of "mask" inside attnlab); `cache` is transformers'
+cache, in which the mixer owns slot `cache_idx` (given by the stack, so a layer applied twice owns two slots); and
+`past_length` is how many tokens the cache held before this call.
 """
 
 import dataclasses
@@ -15,12 +18,12 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
+from torch.nn import functional as F
+from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLayerMixin, StaticLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 
-from .cache_utils import AttnlabCache
 from .configuration_common import AttnlabConfig
 
 
@@ -91,7 +94,7 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, seq, -1)
 
 
-def causal_padding_mask(key_padding: torch.Tensor | None, query_start: int, query_len: int, key_len: int,
+def causal_padding_mask(token_mask: torch.Tensor | None, query_start: int, query_len: int, key_len: int,
                         device: torch.device) -> torch.Tensor:
     """Bool [batch or 1, 1, query_len, key_len]: query at absolute index query_start + i may see key j <= it.
 
@@ -101,9 +104,83 @@ def causal_padding_mask(key_padding: torch.Tensor | None, query_start: int, quer
     query_index = torch.arange(query_start, query_start + query_len, device=device)[:, None]
     key_index = torch.arange(key_len, device=device)[None, :]
     allowed = (key_index <= query_index)[None, None]
-    if key_padding is not None:
-        allowed = (allowed & key_padding[:, None, None, :key_len]) | (key_index == query_index)[None, None]
+    if token_mask is not None:
+        allowed = (allowed & token_mask[:, None, None, :key_len]) | (key_index == query_index)[None, None]
     return allowed
+
+
+def causal_attention(query, key, value, token_mask: torch.Tensor | None, past_length: int) -> torch.Tensor:
+    """Causal softmax attention through SDPA for queries at positions past_length.. over all keys so far."""
+    if token_mask is None and key.shape[2] == query.shape[2]:
+        return F.scaled_dot_product_attention(query, key, value, is_causal=True, enable_gqa=key.shape[1] != query.shape[1])
+    allowed = causal_padding_mask(token_mask, past_length, query.shape[2], key.shape[2], query.device)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, enable_gqa=key.shape[1] != query.shape[1])
+
+
+class AttnlabAttention(nn.Module):
+    """Llama's causal softmax attention (RoPE, SDPA): the `"attention"` layers of a hybrid stack."""
+
+    def __init__(self, config: AttnlabConfig, layer_idx: int):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states, position_embeddings, token_mask=None, cache=None, cache_idx=None,
+                past_length: int = 0, **kwargs):
+        cos, sin = position_embeddings
+        query = apply_rotary(split_heads(self.q_proj(hidden_states), self.num_heads), cos, sin).to(hidden_states.dtype)
+        key = apply_rotary(split_heads(self.k_proj(hidden_states), self.num_heads), cos, sin).to(hidden_states.dtype)
+        value = split_heads(self.v_proj(hidden_states), self.num_heads)
+        if cache is not None:
+            key, value = cache.update(key, value, cache_idx)
+        return self.o_proj(merge_heads(causal_attention(query, key, value, token_mask, past_length)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recurrent states live in transformers' own linear-attention cache layers (`linear_attention` and `hybrid` slots).
+# They are read from the layer directly: `Cache.get_recurrent_state` answers None until a convolution state has been
+# written, which these mixers never have, so it would silently decode every token from an empty state.
+
+
+def read_recurrent_states(cache: Cache | None, cache_idx: int, count: int) -> list[torch.Tensor] | None:
+    """The `count` states of slot `cache_idx`, or None before the first token (or without a cache)."""
+    if cache is None:
+        return None
+    layer = cache.layers[cache_idx]
+    if not isinstance(layer, LinearAttentionCacheLayerMixin):
+        raise ValueError(f"cache slot {cache_idx} is a {type(layer).__name__}, which cannot hold recurrent states; "
+                         "decode with the DynamicCache(config=model.config) that generate() builds")
+    if not all(layer.is_recurrent_states_initialized[i] for i in range(count)):
+        return None
+    return [layer.recurrent_states[i] for i in range(count)]
+
+
+def write_recurrent_states(cache: Cache | None, cache_idx: int, states: list[torch.Tensor]) -> None:
+    if cache is not None:
+        for state_idx, state in enumerate(states):
+            cache.layers[cache_idx].update_recurrent_state(state, state_idx)
+
+
+def record_length(cache: Cache, num_tokens: int, batch: int, device: torch.device) -> None:
+    """One placeholder key per token in slot 0, so that a cache of recurrent states reports its length
+    (`AttnlabConfig.derived_layer_types` says why)."""
+    placeholder = torch.zeros(batch, 1, num_tokens, 1, dtype=torch.bool, device=device)
+    cache.update(placeholder, placeholder, 0)
+
+
+def check_cache(cache: Cache, config: AttnlabConfig) -> None:
+    if any(isinstance(layer, StaticLayer) for layer in cache.layers):
+        raise ValueError(
+            "attnlab members decode with DynamicCache only: a StaticCache (cache_implementation='static') returns "
+            "keys padded to its maximum length and needs the 4D masks of transformers' own attention code, which "
+            "these mixers do not take; generate without cache_implementation"
+        )
+    if len(cache.layers) < config.num_hidden_layers and config.own_mixer_recurrent_states:
+        raise ValueError(f"the cache has {len(cache.layers)} layers for {config.num_hidden_layers} slots; build it "
+                         "as DynamicCache(config=model.config), as generate() does")
 
 
 class AttnlabDecoderLayer(GradientCheckpointingLayer):
@@ -116,15 +193,10 @@ class AttnlabDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = AttnlabRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = mlp_class(config)
 
-    def forward(self, hidden_states, position_ids=None, position_embeddings=None, attention_mask=None,
-                past_key_values=None, **mixer_kwargs):
+    def forward(self, hidden_states, cache_idx: int, **mixer_kwargs):
+        """`cache_idx` is the cache slot of this application of the layer (a layer run twice has two)."""
         hidden_states = hidden_states + self.self_attn(
-            self.input_layernorm(hidden_states),
-            position_ids=position_ids,
-            position_embeddings=position_embeddings,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            **mixer_kwargs,
+            self.input_layernorm(hidden_states), cache_idx=cache_idx, **mixer_kwargs
         )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
@@ -143,7 +215,8 @@ class AttnlabPreTrainedModel(PreTrainedModel):
 
 
 class AttnlabModel(AttnlabPreTrainedModel):
-    """Embedding -> decoder layers -> final norm. Members set `mixer_class` (and optionally `mlp_class`)."""
+    """Embedding -> decoder layers -> final norm. Members set `mixer_class` (and optionally `mlp_class`); the config's
+    `mixer_types` picks it or `AttnlabAttention` for each layer."""
 
     mixer_class: type = None
     mlp_class: type = AttnlabSwiGLUMLP
@@ -153,36 +226,27 @@ class AttnlabModel(AttnlabPreTrainedModel):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        mixers = {config.model_type: self.mixer_class, "attention": AttnlabAttention}
         self.layers = nn.ModuleList(
-            AttnlabDecoderLayer(config, i, self.mixer_class, self.mlp_class) for i in range(config.num_hidden_layers)
+            AttnlabDecoderLayer(config, i, mixers[config.mixer_types[i]], self.mlp_class)
+            for i in range(self.num_distinct_layers)
         )
         self.norm = AttnlabRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = AttnlabRotaryEmbedding(config.head_dim, config.rope_theta) if self.uses_rotary else None
-        self.gradient_checkpointing = False
+        needs_rotary = self.uses_rotary or "attention" in config.mixer_types
+        self.rotary_emb = AttnlabRotaryEmbedding(config.head_dim, config.rope_theta) if needs_rotary else None
         self.post_init()
+
+    @property
+    def num_distinct_layers(self) -> int:
+        """Layers with their own weights; members that apply their stack several times have fewer than
+        `num_hidden_layers`, which counts applications."""
+        return self.config.num_hidden_layers
 
     def get_input_embeddings(self):
         return self.embed_tokens
 
     def set_input_embeddings(self, value):
         self.embed_tokens = value
-
-    @property
-    def num_cache_layers(self) -> int:
-        """Cache layers this member fills: one per layer application (members that rerun layers override it)."""
-        return self.config.num_hidden_layers
-
-    def prepare_cache(self, past_key_values: Cache | None) -> Cache:
-        """The cache this member decodes with: transformers' DynamicCache for KV members, AttnlabCache for members
-        with a recurrent state (`_is_stateful`), swapped in for the empty DynamicCache that generate() passes."""
-        if not self._is_stateful:
-            return past_key_values if past_key_values is not None else DynamicCache(config=self.config)
-        if isinstance(past_key_values, AttnlabCache):
-            return past_key_values
-        if past_key_values is not None and past_key_values.get_seq_length() > 0:
-            raise ValueError(f"{type(self).__name__} decodes with an AttnlabCache, got a filled "
-                             f"{type(past_key_values).__name__}")
-        return AttnlabCache(num_layers=self.num_cache_layers)
 
     def forward(
         self,
@@ -196,47 +260,54 @@ class AttnlabModel(AttnlabPreTrainedModel):
         cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        past_key_values = either_cache_name(cache, past_key_values)
+        cache = either_cache_name(cache, past_key_values)
         if kwargs.get("output_attentions"):
             raise ValueError(f"{type(self).__name__} does not return attention weights (output_attentions=True)")
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if self.gradient_checkpointing and self.training:
-            use_cache = False
+        if self.training and torch.is_grad_enabled() and any(layer.gradient_checkpointing for layer in self.layers):
+            use_cache = False  # the backward pass replays each layer, which would write its cache slot twice
         check_inputs(self.config, input_ids, inputs_embeds)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        past_key_values = self.prepare_cache(past_key_values) if use_cache else None
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        key_padding = padding_mask(attention_mask, inputs_embeds, past_length)
+        if not use_cache:
+            cache = None
+        elif cache is None:
+            cache = DynamicCache(config=self.config)
+        else:
+            check_cache(cache, self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        batch, length = inputs_embeds.shape[:2]
+        token_mask = tokens_from_attention_mask(attention_mask, inputs_embeds, past_length)
         if position_ids is None:
-            position_ids = positions_from_mask(key_padding, inputs_embeds, past_length)
+            position_ids = positions_from_mask(token_mask, inputs_embeds, past_length)
         check_positions(self.config, position_ids, inputs_embeds)
+        if cache is not None and self.config.records_length:
+            record_length(cache, length, batch, inputs_embeds.device)
 
-        position_embeddings = self.rotary_emb(position_ids) if self.rotary_emb is not None else None
         all_hidden_states = [] if output_hidden_states else None
         hidden_states = self.run_layers(
             inputs_embeds,
             all_hidden_states,
             position_ids=position_ids,
-            position_embeddings=position_embeddings,
-            attention_mask=key_padding,
-            past_key_values=past_key_values,
+            position_embeddings=self.rotary_emb(position_ids) if self.rotary_emb is not None else None,
+            token_mask=token_mask,
+            cache=cache,
+            past_length=past_length,
         )
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states = (*all_hidden_states, hidden_states)
         return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{CACHE_FIELD: past_key_values}
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{CACHE_FIELD: cache}
         )
 
-
     def run_layers(self, hidden_states, all_hidden_states: list | None, **layer_kwargs) -> torch.Tensor:
-        """The decoder stack, appending each layer's input to `all_hidden_states` when it is a list. Members that run
-        the stack differently (e.g. several times) override this."""
-        for layer in self.layers:
+        """Every layer application in order, each with its own cache slot, appending each application's input to
+        `all_hidden_states` when it is a list. Members that add something between applications override this."""
+        for cache_idx in range(self.config.num_hidden_layers):
             if all_hidden_states is not None:
                 all_hidden_states.append(hidden_states)
-            hidden_states = layer(hidden_states, **layer_kwargs)
+            hidden_states = self.layers[cache_idx % len(self.layers)](hidden_states, cache_idx, **layer_kwargs)
         return hidden_states
 
 
@@ -267,12 +338,11 @@ class AttnlabForCausalLM(AttnlabPreTrainedModel, GenerationMixin):
         cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        past_key_values = either_cache_name(cache, past_key_values)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=either_cache_name(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -308,6 +378,16 @@ def either_cache_name(cache: Cache | None, past_key_values: Cache | None) -> Cac
 
 # ---------------------------------------------------------------------------------------------------------------
 # Input handling: clear errors instead of IndexErrors deep inside an embedding, positions that survive left padding.
+# Checks that read tensor values run eagerly on CPU, where reading a value is free. On an accelerator, or inside
+# torch.compile, they become asynchronous asserts with the same message: no host sync per decoding step, no graph break.
+
+
+def check_values(condition_fn, tensor: torch.Tensor, message_fn) -> None:
+    """Raise ValueError(message_fn()) unless condition_fn(tensor) holds for every value."""
+    if torch.compiler.is_compiling() or tensor.device.type != "cpu":
+        torch._assert_async(condition_fn(tensor).all(), message_fn())
+    elif not bool(condition_fn(tensor).all()):
+        raise ValueError(message_fn())
 
 
 def check_inputs(config: AttnlabConfig, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None):
@@ -318,13 +398,10 @@ def check_inputs(config: AttnlabConfig, input_ids: torch.Tensor | None, inputs_e
             raise TypeError(f"input_ids must be an integer torch.Tensor, got {_describe(input_ids)}")
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must have shape [batch, seq_len] with seq_len >= 1, got {tuple(input_ids.shape)}")
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= config.vocab_size:
-            bad = high if high >= config.vocab_size else low
-            raise ValueError(
-                f"input_ids contain token id {bad}, outside the vocabulary [0, {config.vocab_size}); "
-                "does the tokenizer match the model?"
-            )
+        check_values(lambda ids: (ids >= 0) & (ids < config.vocab_size), input_ids, lambda: (
+            f"input_ids contain a token id outside the vocabulary [0, {config.vocab_size}) "
+            f"(min {_value(input_ids.min())}, max {_value(input_ids.max())}); does the tokenizer match the model?"
+        ))
     else:
         if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
             raise TypeError(f"inputs_embeds must be a floating-point torch.Tensor, got {_describe(inputs_embeds)}")
@@ -338,8 +415,14 @@ def _describe(value) -> str:
     return f"{type(value).__name__} of dtype {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
-def padding_mask(attention_mask: torch.Tensor | None, inputs_embeds: torch.Tensor, past_length: int):
-    """The 2D mask as bool [batch, past + new] (True = real token), or None when nothing is padded."""
+def _value(scalar: torch.Tensor) -> str:
+    """A tensor's value for an error message, only where reading it costs nothing."""
+    return str(int(scalar)) if scalar.device.type == "cpu" and not torch.compiler.is_compiling() else "?"
+
+
+def tokens_from_attention_mask(attention_mask: torch.Tensor | None, inputs_embeds: torch.Tensor, past_length: int):
+    """The 2D 0/1 `attention_mask` as the token mask: bool [batch, past + new], True on real tokens; None when every
+    token is real (known for free only on CPU: elsewhere the mask is kept, which gives the same result)."""
     if attention_mask is None:
         return None
     batch, seq = inputs_embeds.shape[:2]
@@ -349,15 +432,19 @@ def padding_mask(attention_mask: torch.Tensor | None, inputs_embeds: torch.Tenso
             f"got shape {tuple(attention_mask.shape)}"
         )
     mask = attention_mask.to(device=inputs_embeds.device, dtype=torch.bool)
-    return None if bool(mask.all()) else mask
+    check_values(lambda m: m.any(-1), mask, lambda: "attention_mask has a row of zeros: every sequence needs at "
+                                                   "least one real token (1 in the mask)")
+    if mask.device.type == "cpu" and not torch.compiler.is_compiling() and bool(mask.all()):
+        return None
+    return mask
 
 
-def positions_from_mask(key_padding: torch.Tensor | None, inputs_embeds: torch.Tensor, past_length: int):
+def positions_from_mask(token_mask: torch.Tensor | None, inputs_embeds: torch.Tensor, past_length: int):
     """Positions count real tokens only, so a left-padded row gets the positions of the same row unpadded."""
     batch, seq = inputs_embeds.shape[:2]
-    if key_padding is None:
+    if token_mask is None:
         return torch.arange(past_length, past_length + seq, device=inputs_embeds.device)[None].expand(batch, -1)
-    return (key_padding.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+    return (token_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
 
 
 def check_positions(config: AttnlabConfig, position_ids: torch.Tensor, inputs_embeds: torch.Tensor):
@@ -366,16 +453,14 @@ def check_positions(config: AttnlabConfig, position_ids: torch.Tensor, inputs_em
             f"position_ids must have shape [batch, seq_len] = {tuple(inputs_embeds.shape[:2])}, "
             f"got {tuple(position_ids.shape)}"
         )
-    if int(position_ids.max()) >= config.max_position_embeddings:
-        raise ValueError(
-            f"position {int(position_ids.max())} is beyond max_position_embeddings={config.max_position_embeddings}; "
-            "use a shorter input or a config with a larger max_position_embeddings"
-        )
+    check_values(lambda p: p < config.max_position_embeddings, position_ids, lambda: (
+        f"position {_value(position_ids.max())} is beyond max_position_embeddings={config.max_position_embeddings}; "
+        "use a shorter input or a config with a larger max_position_embeddings"
+    ))
 
 
 def check_labels(labels: torch.Tensor, hidden_states: torch.Tensor, vocab_size: int):
     if labels.shape != hidden_states.shape[:2]:
         raise ValueError(f"labels must have shape {tuple(hidden_states.shape[:2])}, got {tuple(labels.shape)}")
-    real = labels[labels != -100]
-    if real.numel() and (int(real.min()) < 0 or int(real.max()) >= vocab_size):
-        raise ValueError(f"labels must be -100 or token ids in [0, {vocab_size})")
+    check_values(lambda y: (y == -100) | ((y >= 0) & (y < vocab_size)), labels,
+                 lambda: f"labels must be -100 or token ids in [0, {vocab_size})")

@@ -16,7 +16,8 @@ quantities exactly and without the clip: a scan over chunks of tokens carries (r
 and inside a chunk each token's sums are taken relative to its own running max (a masked [chunk, chunk] product),
 so no exponential overflows and nothing after token i enters its output. (A per-sequence max would be exact in
 real arithmetic but lets a large later logit underflow earlier outputs: a numerical leak of the future.) That
-carried triple, per layer and head, is also the decoding state: each new token costs the same whatever the context.
+carried triple, per layer and head, is also the decoding state (three recurrent states of a transformers
+`linear_attention` cache layer): each new token costs the same whatever the context.
 The logits, the scan and the gate run in fp32, also under bf16 autocast.
 
 FeedForward2: y = W_3 (swish(W_1 x + b_1) outer swish(W_2 x + b_2)) + b_3 with a d x d x l kernel W_3, computed as
@@ -31,7 +32,15 @@ from torch import nn
 from transformers import initialization as init
 
 from .configuration_elita import ElitaConfig
-from .modeling_common import AttnlabForCausalLM, AttnlabModel, AttnlabPreTrainedModel, merge_heads, split_heads
+from .modeling_common import (
+    AttnlabForCausalLM,
+    AttnlabModel,
+    AttnlabPreTrainedModel,
+    merge_heads,
+    read_recurrent_states,
+    split_heads,
+    write_recurrent_states,
+)
 
 
 def cumulative_softmax(cross: torch.Tensor, values: torch.Tensor, state: tuple, chunk_size: int):
@@ -71,7 +80,6 @@ class ElitaAttention(nn.Module):
 
     def __init__(self, config: ElitaConfig, layer_idx: int):
         super().__init__()
-        self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.position_step = config.position_step
         self.chunk_size = config.scan_chunk_size
@@ -96,26 +104,21 @@ class ElitaAttention(nn.Module):
         return max_, torch.zeros(batch, self.num_heads, device=device), torch.zeros(batch, self.num_heads, head_dim,
                                                                                       device=device)
 
-    def forward(self, hidden_states, position_ids, attention_mask=None, past_key_values=None, cache_idx=None,
-                **kwargs):
+    def forward(self, hidden_states, position_ids, token_mask=None, cache=None, cache_idx=None, **kwargs):
         batch, seq, _ = hidden_states.shape
-        cache_idx = self.layer_idx if cache_idx is None else cache_idx
         values = split_heads(self.v_proj(hidden_states), self.num_heads)
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
             logits = nn.functional.linear(hidden_states.float(), self.key_proj.weight.float())
             cross, self_logit, gate = logits.view(batch, seq, 3, self.num_heads).permute(2, 0, 3, 1)  # [B, H, T]
             p1, p2 = self.position_terms(position_ids)
             cross, gate = cross + p1, gate + p2
-            if attention_mask is not None:  # padding never enters the sums (nor, so, the decoding state)
-                cross = cross.masked_fill(~attention_mask[:, None, -seq:], float("-inf"))
+            if token_mask is not None:  # padding never enters the sums (nor, so, the decoding state)
+                cross = cross.masked_fill(~token_mask[:, None, -seq:], float("-inf"))
             values = values.float()
 
-            state = past_key_values.get_state(cache_idx) if past_key_values is not None else {}
-            state = (state["max"], state["sum"], state["value_sum"]) if state else self.empty_state(
-                batch, values.shape[-1], values.device)
-            log_sum, average, state = cumulative_softmax(cross, values, state, self.chunk_size)
-            if past_key_values is not None:
-                past_key_values.update_state(cache_idx, seq, max=state[0], sum=state[1], value_sum=state[2])
+            state = read_recurrent_states(cache, cache_idx, 3) or self.empty_state(batch, values.shape[-1], values.device)
+            log_sum, average, state = cumulative_softmax(cross, values, tuple(state), self.chunk_size)
+            write_recurrent_states(cache, cache_idx, list(state))
 
             history = torch.sigmoid(gate + log_sum - self_logit)[..., None]  # the self gate sigma_i
             out = history * average + (1 - history) * values
@@ -151,7 +154,7 @@ class ElitaLogitFeedForward(nn.Module):
 
 class ElitaPreTrainedModel(AttnlabPreTrainedModel):
     config_class = ElitaConfig
-    _is_stateful = True  # a fixed-size state per layer: generate() gets an AttnlabCache, no assisted decoding
+    _is_stateful = True  # a fixed-size state per layer, which cannot be rolled back: no assisted decoding
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -173,18 +176,18 @@ class ElitaModel(ElitaPreTrainedModel, AttnlabModel):
         self.post_init()
 
     @property
-    def num_cache_layers(self) -> int:
-        return self.config.num_hidden_layers * self.config.num_wraps
+    def num_distinct_layers(self) -> int:
+        return self.config.num_distinct_layers
 
     def run_layers(self, hidden_states, all_hidden_states, **layer_kwargs):
-        """The whole stack, `num_wraps` times; each application of a layer keeps its own decoding state."""
-        for wrap in range(self.config.num_wraps):
-            if self.wrap_bias is not None:
+        """The stack, `num_wraps` times, each wrap starting with its bias; each application has its own cache slot."""
+        for cache_idx in range(self.config.num_hidden_layers):
+            wrap, layer_idx = divmod(cache_idx, len(self.layers))
+            if layer_idx == 0 and self.wrap_bias is not None:
                 hidden_states = hidden_states + self.wrap_bias[wrap]
-            for layer_idx, layer in enumerate(self.layers):
-                if all_hidden_states is not None:
-                    all_hidden_states.append(hidden_states)
-                hidden_states = layer(hidden_states, cache_idx=wrap * len(self.layers) + layer_idx, **layer_kwargs)
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
+            hidden_states = self.layers[layer_idx](hidden_states, cache_idx, **layer_kwargs)
         return hidden_states
 
 

@@ -15,8 +15,8 @@ overflows in fp32 after a few hundred positions at decay 0.85). The scan and the
 at long contexts) run in fp32, also under bf16 autocast.
 
 Positions come from `position_ids` and padded positions contribute nothing to the memory, so a left-padded row
-evolves exactly like the same row unpadded. Decoding keeps k~ and v in the cache's KV part (k~_t never changes once
-written) and the memory m_{t-1} as the layer's state, in an `AttnlabCache`.
+evolves exactly like the same row unpadded. Decoding keeps k~ and v as the keys and values of a transformers `hybrid`
+cache layer (k~_t never changes once written) and the memory m_{t-1} as its recurrent state.
 """
 
 import torch
@@ -30,9 +30,11 @@ from .modeling_common import (
     AttnlabModel,
     AttnlabPreTrainedModel,
     AttnlabRMSNorm,
-    causal_padding_mask,
+    causal_attention,
     merge_heads,
+    read_recurrent_states,
     split_heads,
+    write_recurrent_states,
 )
 
 
@@ -77,7 +79,6 @@ def evolve(q, k, w, decay, memory=None, chunk_size: int = 64, real=None) -> tupl
 class EvolvingAttention(nn.Module):
     def __init__(self, config: EvolvingConfig, layer_idx: int):
         super().__init__()
-        self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.phase_scale = config.evolution_rate * (layer_idx + 1)
         self.decay_mode = config.decay_mode
@@ -88,8 +89,9 @@ class EvolvingAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.evolution_weights = nn.Parameter(torch.empty(config.num_attention_heads, config.head_dim))
-        # decay itself ("raw") or its logit ("constrained"); see initial_decay_parameter
-        self.decay_parameter = nn.Parameter(torch.empty(()))
+        # decay itself ("raw") or its logit ("constrained"); see initial_decay_parameter. One element rather than
+        # a 0-dim tensor, which FSDP2's fully_shard cannot shard.
+        self.decay_parameter = nn.Parameter(torch.empty(1))
         if config.qk_norm:
             self.q_norm = AttnlabRMSNorm(config.head_dim, eps=config.rms_norm_eps)
             self.k_norm = AttnlabRMSNorm(config.head_dim, eps=config.rms_norm_eps)
@@ -101,7 +103,7 @@ class EvolvingAttention(nn.Module):
         return float(torch.logit(decay)) if self.decay_mode == "constrained" else float(decay)
 
     def decay(self) -> torch.Tensor:
-        parameter = self.decay_parameter.float()
+        parameter = self.decay_parameter.float()[0]
         return torch.sigmoid(parameter) if self.decay_mode == "constrained" else parameter
 
     def temporal_weights(self, position_ids: torch.Tensor) -> torch.Tensor:
@@ -109,36 +111,32 @@ class EvolvingAttention(nn.Module):
         phase = (position_ids.float() + 1) * self.phase_scale
         return torch.sin(phase[:, None, :, None] * self.evolution_weights.float()[None, :, None, :])
 
-    def forward(self, hidden_states, position_ids, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_ids, token_mask=None, cache=None, cache_idx=None, past_length: int = 0,
+                **kwargs):
         length = hidden_states.shape[1]
         q = split_heads(self.q_proj(hidden_states), self.num_heads)
         k = split_heads(self.k_proj(hidden_states), self.num_heads)
         v = split_heads(self.v_proj(hidden_states), self.num_heads)
-        memory = past_key_values.get_state(self.layer_idx).get("memory") if past_key_values is not None else None
-        real = attention_mask[:, None, -length:, None] if attention_mask is not None else None
+        memory = read_recurrent_states(cache, cache_idx, 1)
+        real = token_mask[:, None, -length:, None] if token_mask is not None else None
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
             decay = self.decay()
             w = self.temporal_weights(position_ids)
-            q_evolved, k_evolved = evolve(q.float(), k.float(), w, decay, memory, self.scan_chunk_size, real)
-        if past_key_values is not None:
-            past_key_values.update_state(self.layer_idx, length, memory=q_evolved[:, :, -1])
+            q_evolved, k_evolved = evolve(q.float(), k.float(), w, decay, memory[0] if memory else None,
+                                          self.scan_chunk_size, real)
+        write_recurrent_states(cache, cache_idx, [q_evolved[:, :, -1]])
         query, key = q_evolved.to(v.dtype), k_evolved.to(v.dtype)
         if self.q_norm is not None:
             query, key = self.q_norm(query), self.k_norm(key)
-        if past_key_values is not None:
-            key, v = past_key_values.update(key, v, self.layer_idx)
-        if attention_mask is None and key.shape[2] == length:
-            out = F.scaled_dot_product_attention(query, key, v, is_causal=True)
-        else:
-            past = key.shape[2] - length
-            allowed = causal_padding_mask(attention_mask, past, length, key.shape[2], query.device)
-            out = F.scaled_dot_product_attention(query, key, v, attn_mask=allowed)
-        return self.o_proj(merge_heads(out))
+        if cache is not None:
+            key, v = cache.update(key, v, cache_idx)
+        return self.o_proj(merge_heads(causal_attention(query, key, v, token_mask, past_length)))
 
 
 class EvolvingPreTrainedModel(AttnlabPreTrainedModel):
     config_class = EvolvingConfig
-    _is_stateful = True
+    _is_stateful = True  # the memory cannot be rolled back, so no assisted decoding
+    _supports_sdpa = True  # its attention is SDPA (attn_implementation="sdpa" is accepted)
 
     def _init_weights(self, module):
         super()._init_weights(module)

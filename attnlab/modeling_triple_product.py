@@ -44,14 +44,14 @@ def query_plane(q: torch.Tensor, r: torch.Tensor, scale: float) -> tuple[torch.T
     return s, t, scale * r_norm2 * q_perp_norm2
 
 
-def _chunk_attention(s, t, row_weight, k, v, key_norm2, key_padding, query_start: int):
+def _chunk_attention(s, t, row_weight, k, v, key_norm2, token_mask, query_start: int):
     scores = (s @ k.transpose(-1, -2)).square() + (t @ k.transpose(-1, -2)).square() - row_weight * key_norm2
-    allowed = causal_padding_mask(key_padding, query_start, s.shape[2], k.shape[2], s.device)
+    allowed = causal_padding_mask(token_mask, query_start, s.shape[2], k.shape[2], s.device)
     scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
 
 
-def triple_product_attention(q, k, r, v, key_padding, scale: float, chunk_size: int) -> torch.Tensor:
+def triple_product_attention(q, k, r, v, token_mask, scale: float, chunk_size: int) -> torch.Tensor:
     """q, r [B, H, T, D] at positions past..past+T-1; k, v [B, H, S, D] with S = past + T. Returns [B, H, T, D] fp32.
 
     Queries are processed in chunks that only see the keys up to their own position; when gradients are needed
@@ -68,7 +68,7 @@ def triple_product_attention(q, k, r, v, key_padding, scale: float, chunk_size: 
             end = min(start + chunk_size, num_queries)
             visible = past + end
             args = (s[:, :, start:end], t[:, :, start:end], row_weight[:, :, start:end],
-                    k[:, :, :visible], v[:, :, :visible], key_norm2[..., :visible], key_padding, past + start)
+                    k[:, :, :visible], v[:, :, :visible], key_norm2[..., :visible], token_mask, past + start)
             outputs.append(checkpoint(_chunk_attention, *args, use_reentrant=False) if recompute
                            else _chunk_attention(*args))
         return torch.cat(outputs, dim=2)
@@ -77,7 +77,6 @@ def triple_product_attention(q, k, r, v, key_padding, scale: float, chunk_size: 
 class TripleProductAttention(nn.Module):
     def __init__(self, config: TripleProductConfig, layer_idx: int):
         super().__init__()
-        self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.scale = config.head_dim**-1.5
         self.query_chunk_size = config.query_chunk_size
@@ -87,15 +86,15 @@ class TripleProductAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings, token_mask=None, cache=None, cache_idx=None, **kwargs):
         cos, sin = position_embeddings
         q = apply_rotary(split_heads(self.q_proj(hidden_states), self.num_heads), cos, sin)
         k = apply_rotary(split_heads(self.k_proj(hidden_states), self.num_heads), cos, sin)
         r = apply_rotary(split_heads(self.r_proj(hidden_states), self.num_heads), cos, sin)
         v = split_heads(self.v_proj(hidden_states), self.num_heads)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
-        out = triple_product_attention(q, k, r, v, attention_mask, self.scale, self.query_chunk_size)
+        if cache is not None:
+            k, v = cache.update(k, v, cache_idx)
+        out = triple_product_attention(q, k, r, v, token_mask, self.scale, self.query_chunk_size)
         return self.o_proj(merge_heads(out).to(hidden_states.dtype))
 
 

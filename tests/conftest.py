@@ -1,12 +1,15 @@
 import pytest
 import torch
 
-from attnlab.members import MEMBERS
+from attnlab.members import HYBRIDS, MEMBERS
+
+# The contract suite runs over every registered member and every hybrid stack.
+CONTRACT_MODELS = {**MEMBERS, **HYBRIDS}
 
 
-@pytest.fixture(params=sorted(MEMBERS), ids=sorted(MEMBERS))
+@pytest.fixture(params=sorted(CONTRACT_MODELS), ids=sorted(CONTRACT_MODELS))
 def member(request):
-    return MEMBERS[request.param]
+    return CONTRACT_MODELS[request.param]
 
 
 @pytest.fixture

@@ -8,10 +8,12 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
+from transformers.cache_utils import DynamicLayer, LinearAttentionCacheLayerMixin
 
 import attnlab  # noqa: F401  (registers the Auto classes)
 from attnlab.modeling_common import CACHE_FIELD
+from tests.conftest import CONTRACT_MODELS
 from attnlab.workbench.audit import (
     future_perturbation_gap,
     generate_agrees_with_and_without_cache,
@@ -63,6 +65,25 @@ def test_prefill_then_decoding_equals_full_forward(model, step):
     assert cache.get_seq_length() == ids.shape[1]
 
 
+def test_the_cache_is_transformers_own_with_one_layer_per_slot_of_layer_types(model):
+    """generate() builds DynamicCache(config); its layers follow config.layer_types and hold every state."""
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        cache = getattr(model(ids, use_cache=True), CACHE_FIELD)
+    assert type(cache) is DynamicCache and len(cache.layers) == model.config.num_hidden_layers
+    for kind, layer in zip(model.config.layer_types, cache.layers):
+        assert isinstance(layer, LinearAttentionCacheLayerMixin) == (kind in ("linear_attention", "hybrid")), kind
+        assert isinstance(layer, DynamicLayer) == (kind in ("full_attention", "hybrid")), kind
+        if isinstance(layer, LinearAttentionCacheLayerMixin) and kind == "linear_attention":
+            assert all(layer.is_recurrent_states_initialized.values())  # the state was written, not left empty
+    assert cache.get_seq_length() == 9
+
+
+def test_static_cache_is_refused_with_a_reason(model):
+    with pytest.raises(ValueError, match="DynamicCache only"):
+        model.generate(random_ids(1, 4), max_new_tokens=2, cache_implementation="static", pad_token_id=0)
+
+
 def test_cache_is_accepted_under_either_name(model):
     """transformers 5.24 renamed `past_key_values` to `cache`; saved folders must work on both sides of it."""
     ids = random_ids(2, 12)
@@ -95,8 +116,8 @@ def test_generate_continues_from_a_returned_cache(model):
     first = model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False,
                            return_dict_in_generate=True, pad_token_id=0)
     extended = torch.cat([first.sequences, random_ids(1, 3, seed=5)], dim=1)
-    continued = model.generate(extended, past_key_values=first.past_key_values, max_new_tokens=6, min_new_tokens=6,
-                               do_sample=False, pad_token_id=0)
+    continued = model.generate(extended, **{CACHE_FIELD: getattr(first, CACHE_FIELD)}, max_new_tokens=6,
+                               min_new_tokens=6, do_sample=False, pad_token_id=0)
     fresh = model.generate(extended, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(continued, fresh)
 
@@ -141,7 +162,8 @@ def test_save_pretrained_writes_a_hub_ready_folder(model, member, tmp_path):
     files = set(os.listdir(tmp_path))
     assert {"model.safetensors", "config.json", "generation_config.json"} <= files
     assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)
-    assert f"modeling_{member.name}.py" in files and f"configuration_{member.name}.py" in files
+    model_type = member.config_class.model_type
+    assert f"modeling_{model_type}.py" in files and f"configuration_{model_type}.py" in files
     config = AutoConfig.from_pretrained(tmp_path)
     assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
 
@@ -310,3 +332,33 @@ def test_stateful_members_refuse_assisted_generation(model, member):
         pytest.skip(f"{member.name} keeps a plain KV cache; assisted generation is allowed")
     with pytest.raises(ValueError):
         model.generate(random_ids(1, 4), assistant_model=model, max_new_tokens=2, pad_token_id=0)
+
+
+# Registry and cache slots ---------------------------------------------------------------------------------------
+
+
+def test_a_layer_applied_twice_keeps_one_cache_slot_per_application():
+    """elita's wrap runs the stack twice: 2 layers (one recurrent, one attention) fill 4 independent slots."""
+    member = CONTRACT_MODELS["elita"]
+    torch.manual_seed(0)
+    model = member.causal_lm_class(member.test_config(
+        num_hidden_layers=4, num_wraps=2, mixer_types=["elita", "attention"] * 2)).eval()
+    assert len(model.model.layers) == 2 and model.config.layer_types == ["linear_attention", "full_attention"] * 2
+    ids = random_ids(2, 20)
+    with torch.no_grad():
+        cache = getattr(model(ids[:, :12], use_cache=True), CACHE_FIELD)
+        decoded = [model(ids[:, i:i + 1], use_cache=True, **{CACHE_FIELD: cache}).logits for i in range(12, 20)]
+    torch.testing.assert_close(torch.cat(decoded, dim=1), logits(model, ids)[:, 12:], atol=1e-4, rtol=0)
+    # The same weights saw different inputs in the two wraps, so the two slots of each layer hold different states.
+    assert not torch.equal(cache.layers[0].recurrent_states[2], cache.layers[2].recurrent_states[2])
+    assert cache.layers[1].keys.shape == cache.layers[3].keys.shape == (2, 4, 20, 8)
+    assert not torch.equal(cache.layers[1].keys, cache.layers[3].keys)
+
+
+def test_saved_auto_map_names_real_modules_and_classes(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    for auto_class, reference in config.auto_map.items():
+        module_name, class_name = reference.split(".")
+        source = (tmp_path / f"{module_name}.py").read_text()
+        assert f"class {class_name}(" in source, (auto_class, reference)

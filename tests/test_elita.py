@@ -131,21 +131,25 @@ def test_decoding_state_is_fixed_size_and_padding_leaves_it_untouched():
         mask = torch.ones_like(padded)
         mask[:, :6] = 0
         padded_cache = model(padded, attention_mask=mask, use_cache=True).past_key_values
-    for layer in range(model.config.num_hidden_layers):
-        assert {k: v.shape for k, v in short.get_state(layer).items()} == \
-               {k: v.shape for k, v in long.get_state(layer).items()} == \
-               {"max": (1, 4), "sum": (1, 4), "value_sum": (1, 4, 8)}
-        for name, tensor in long.get_state(layer).items():
-            torch.testing.assert_close(padded_cache.get_state(layer)[name], tensor, atol=1e-5, rtol=1e-5)
-    assert long.layers[0].keys is None  # no keys or values kept
+    shapes = [(1, 4), (1, 4), (1, 4, 8)]  # running max, sum of e^(cross - max), sum of e^(cross - max) v, per head
+    for slot in range(model.config.num_hidden_layers):
+        for state in range(3):
+            assert short.layers[slot].recurrent_states[state].shape == long.layers[slot].recurrent_states[state].shape \
+                == shapes[state]
+            torch.testing.assert_close(padded_cache.layers[slot].recurrent_states[state],
+                                       long.layers[slot].recurrent_states[state], atol=1e-5, rtol=1e-5)
+    # No keys or values are kept, only slot 0's one placeholder byte per token that lets the cache report its length.
+    assert long.layers[0].keys.shape == (1, 1, 40, 1) and long.layers[0].keys.dtype == torch.bool
+    assert all(not hasattr(layer, "keys") for layer in long.layers[1:])
+    assert long.get_seq_length() == 40
 
 
 def test_wrap_and_logit_feed_forward_train_decode_and_generate_with_the_cache(tmp_path):
-    model = tiny_model(num_wraps=3, logit_ffn_size=16)
+    model = tiny_model(num_hidden_layers=6, num_wraps=3, logit_ffn_size=16)
     ids = torch.randint(3, 97, (2, 20))
     with torch.no_grad():
         cache = model(ids, use_cache=True).past_key_values
-    assert len(cache.layers) == 2 * 3
+    assert len(model.model.layers) == 2 and len(cache.layers) == 6  # 2 layers applied 3 times: 6 slots
     assert decode_gap(model, ids, prefill=6) < 1e-4
     assert left_padding_gap(model, ids[:1, :9], 4, pad_token_id=0) < 1e-5
     for kwargs in (dict(do_sample=False), dict(do_sample=False, num_beams=3, num_return_sequences=2)):

@@ -50,7 +50,7 @@ class SeedEvolvingAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.evolution_weights = nn.Parameter(torch.randn(config.num_attention_heads, config.head_dim))
-        decay = torch.tensor(config.memory_decay)
+        decay = torch.tensor([config.memory_decay])  # shape (1,) as attnlab stores it, so weights load across
         self.decay_parameter = nn.Parameter(torch.logit(decay) if self.decay_mode == "constrained" else decay)
 
     def forward(self, hidden_states, **kwargs):
