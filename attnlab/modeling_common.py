@@ -27,6 +27,19 @@ from transformers.modeling_utils import slice_logits_to_keep
 from .configuration_common import AttnlabConfig
 
 
+def fp32_region(tensor: torch.Tensor):
+    """Turns autocast off, for the parts of a mixer whose numerics need fp32 (scans, exponentials, phases); the code
+    inside casts its inputs with `.float()`."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
+def register_for_auto_classes(config_class, model_class, causal_lm_class) -> None:
+    """Make `save_pretrained` copy the modeling code and write the auto_map for all three Auto classes."""
+    config_class.register_for_auto_class()
+    model_class.register_for_auto_class("AutoModel")
+    causal_lm_class.register_for_auto_class("AutoModelForCausalLM")
+
+
 class AttnlabRMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-6):
         super().__init__()
@@ -65,7 +78,7 @@ class AttnlabRotaryEmbedding(nn.Module):
 
     @torch.no_grad()
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(device_type=position_ids.device.type, enabled=False):
+        with fp32_region(position_ids):
             freqs = position_ids[..., None].float() * self.inv_freq.float()
             emb = torch.cat((freqs, freqs), dim=-1)
             return emb.cos(), emb.sin()

@@ -36,8 +36,10 @@ from .modeling_common import (
     AttnlabForCausalLM,
     AttnlabModel,
     AttnlabPreTrainedModel,
+    fp32_region,
     merge_heads,
     read_recurrent_states,
+    register_for_auto_classes,
     split_heads,
     write_recurrent_states,
 )
@@ -107,7 +109,7 @@ class ElitaAttention(nn.Module):
     def forward(self, hidden_states, position_ids, token_mask=None, cache=None, cache_idx=None, **kwargs):
         batch, seq, _ = hidden_states.shape
         values = split_heads(self.v_proj(hidden_states), self.num_heads)
-        with torch.autocast(device_type=hidden_states.device.type, enabled=False):
+        with fp32_region(hidden_states):
             logits = nn.functional.linear(hidden_states.float(), self.key_proj.weight.float())
             cross, self_logit, gate = logits.view(batch, seq, 3, self.num_heads).permute(2, 0, 3, 1)  # [B, H, T]
             p1, p2 = self.position_terms(position_ids)
@@ -204,8 +206,6 @@ class ElitaForCausalLM(ElitaPreTrainedModel, AttnlabForCausalLM):
         return self.logit_ffn(logits) if self.logit_ffn is not None else logits
 
 
-ElitaConfig.register_for_auto_class()
-ElitaModel.register_for_auto_class("AutoModel")
-ElitaForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+register_for_auto_classes(ElitaConfig, ElitaModel, ElitaForCausalLM)
 
 __all__ = ["ElitaForCausalLM", "ElitaModel", "ElitaPreTrainedModel"]

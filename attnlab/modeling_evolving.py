@@ -31,8 +31,10 @@ from .modeling_common import (
     AttnlabPreTrainedModel,
     AttnlabRMSNorm,
     causal_attention,
+    fp32_region,
     merge_heads,
     read_recurrent_states,
+    register_for_auto_classes,
     split_heads,
     write_recurrent_states,
 )
@@ -119,7 +121,7 @@ class EvolvingAttention(nn.Module):
         v = split_heads(self.v_proj(hidden_states), self.num_heads)
         memory = read_recurrent_states(cache, cache_idx, 1)
         real = token_mask[:, None, -length:, None] if token_mask is not None else None
-        with torch.autocast(device_type=hidden_states.device.type, enabled=False):
+        with fp32_region(hidden_states):
             decay = self.decay()
             w = self.temporal_weights(position_ids)
             q_evolved, k_evolved = evolve(q.float(), k.float(), w, decay, memory[0] if memory else None,
@@ -154,8 +156,6 @@ class EvolvingForCausalLM(EvolvingPreTrainedModel, AttnlabForCausalLM):
     base_model_class = EvolvingModel
 
 
-EvolvingConfig.register_for_auto_class()
-EvolvingModel.register_for_auto_class("AutoModel")
-EvolvingForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+register_for_auto_classes(EvolvingConfig, EvolvingModel, EvolvingForCausalLM)
 
 __all__ = ["EvolvingForCausalLM", "EvolvingModel", "EvolvingPreTrainedModel"]

@@ -29,7 +29,9 @@ from .modeling_common import (
     AttnlabPreTrainedModel,
     apply_rotary,
     causal_padding_mask,
+    fp32_region,
     merge_heads,
+    register_for_auto_classes,
     split_heads,
 )
 
@@ -57,7 +59,7 @@ def triple_product_attention(q, k, r, v, token_mask, scale: float, chunk_size: i
     Queries are processed in chunks that only see the keys up to their own position; when gradients are needed
     each chunk is recomputed in the backward pass, so no [T, S] tensor outlives its chunk.
     """
-    with torch.autocast(device_type=q.device.type, enabled=False):
+    with fp32_region(q):
         q, k, r, v = q.float(), k.float(), r.float(), v.float()
         s, t, row_weight = query_plane(q, r, scale)
         key_norm2 = (k * k).sum(-1)[..., None, :]
@@ -110,8 +112,6 @@ class TripleProductForCausalLM(TripleProductPreTrainedModel, AttnlabForCausalLM)
     base_model_class = TripleProductModel
 
 
-TripleProductConfig.register_for_auto_class()
-TripleProductModel.register_for_auto_class("AutoModel")
-TripleProductForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+register_for_auto_classes(TripleProductConfig, TripleProductModel, TripleProductForCausalLM)
 
 __all__ = ["TripleProductForCausalLM", "TripleProductModel", "TripleProductPreTrainedModel"]

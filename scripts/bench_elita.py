@@ -22,6 +22,7 @@ def main():
     parser.add_argument("--decode-contexts", type=int, nargs="+", default=[256, 1024, 4096, 16384, 32768])
     parser.add_argument("--decode-tokens", type=int, default=20, help="timed decode steps per context")
     parser.add_argument("--long-forward", type=int, default=131072, help="elita-only forward length (0 to skip)")
+    parser.add_argument("--name", default="elita", help="report name: docs/benchmarks/NAME.{md,json,png}")
     args = parser.parse_args()
     common = dict(preset=args.preset, batch_size=1, rounds=args.rounds, autocast=False)  # fp32 for both
 
@@ -67,8 +68,8 @@ def main():
     ])
     print(report)
     records = [r for by_len in (*train.values(), *decode.values()) for r in by_len.values()]
-    out = save_report("elita", report, records + ([long_forward] if long_forward else []))
-    plot_series(out / "elita.png", "elita vs Llama", "tokens (training length or decode context)", {
+    out = save_report(args.name, report, records + ([long_forward] if long_forward else []))
+    plot_series(out / f"{args.name}.png", "elita vs Llama", "tokens (training length or decode context)", {
         "training tokens / s": {name: (args.train_lengths, [train[name][T].tokens_per_s for T in args.train_lengths])
                                 for name in NAMES},
         "peak training memory (MB)": {name: (args.train_lengths,

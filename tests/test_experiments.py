@@ -9,7 +9,7 @@ from attnlab.members import MEMBERS
 @pytest.mark.parametrize("name", sorted(MEMBERS))
 def test_llama_is_matched_to_the_member_parameter_count(name):
     overrides, member_parameters, llama_parameters = matched_baseline_overrides(
-        Comparison(member=name, preset="tiny", config_overrides=["num_hidden_layers=3"]))
+        Comparison(member=[name], preset="tiny", config_overrides=["num_hidden_layers=3"]))
     assert "num_hidden_layers=3" in overrides and overrides[-1].startswith("intermediate_size=")
     assert abs(llama_parameters - member_parameters) / member_parameters < 0.005
 

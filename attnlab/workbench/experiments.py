@@ -1,8 +1,8 @@
-"""A member against the Llama baseline at equal parameter count, trained and evaluated the same way on Shakespeare.
+"""Members against the Llama baseline at equal parameter count, trained and evaluated the same way on Shakespeare.
 
-Both models get the same width, depth, heads, tokenizer (bytes), block size, batch, steps, learning-rate schedule
+All models get the same width, depth, heads, tokenizer (bytes), block size, batch, steps, learning-rate schedule
 and seeds; only Llama's `intermediate_size` changes, to the value that brings its parameter count closest to the
-member's. Each run is scored on the held-out plays with loss, next-byte accuracy and bits per byte on exactly the
+first member's (the report lists every model's count). Each run is scored on the held-out plays with loss, next-byte accuracy and bits per byte on exactly the
 same target positions. `scripts/compare_shakespeare.py` is the command-line entry point.
 """
 
@@ -27,7 +27,8 @@ METRICS = ("loss", "accuracy", "bits_per_byte")
 class Comparison:
     """One comparison's settings; the defaults fit 2 models x 2 seeds in about 10 minutes on 2 CPU cores."""
 
-    member: str = field(default="triple_product", metadata={"help": "the member to compare with Llama"})
+    member: list[str] = field(default_factory=lambda: ["triple_product"], metadata={
+        "help": "the member(s) or hybrid(s) to compare with Llama; Llama's size is matched to the first"})
     preset: str = field(default="tiny", metadata={"help": "size preset shared by both models: tiny, small or base"})
     block_size: int = field(default=256, metadata={"help": "tokens per sequence"})
     seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"help": "one run per model and seed"})
@@ -44,7 +45,7 @@ class Comparison:
 
     @property
     def report_name(self) -> str:
-        return self.name or f"{self.member}_vs_llama_shakespeare"
+        return self.name or f"{'_'.join(self.member)}_vs_llama_shakespeare"
 
 
 def count_parameters(config) -> int:
@@ -56,7 +57,7 @@ def count_parameters(config) -> int:
 def matched_baseline_overrides(comparison: Comparison) -> tuple[list[str], int, int]:
     """Llama overrides (the member's shared shape overrides plus a matched intermediate_size) and both counts."""
     tokenizer = byte_tokenizer()
-    member_config = build_config(comparison.member, comparison.preset, tokenizer, comparison.block_size,
+    member_config = build_config(comparison.member[0], comparison.preset, tokenizer, comparison.block_size,
                                  comparison.config_overrides)
     member_parameters = count_parameters(member_config)
     llama_keys = set(LlamaConfig().to_dict())
@@ -77,10 +78,13 @@ def matched_baseline_overrides(comparison: Comparison) -> tuple[list[str], int, 
 
 def run(comparison: Comparison, work_dir: Path, num_threads: int | None = 1) -> dict:
     """Train and evaluate every (model, seed); returns the report data (also what the JSON holds)."""
-    baseline_overrides, member_parameters, baseline_parameters = matched_baseline_overrides(comparison)
-    print(f"parameters: {comparison.member} {member_parameters:,} | {BASELINE} {baseline_parameters:,} "
-          f"({' '.join(baseline_overrides)})")
-    models = {comparison.member: comparison.config_overrides, BASELINE: baseline_overrides}
+    baseline_overrides, _, _ = matched_baseline_overrides(comparison)
+    models = {**{member: comparison.config_overrides for member in comparison.member}, BASELINE: baseline_overrides}
+    tokenizer = byte_tokenizer()
+    parameters = {model: count_parameters(build_config(model, comparison.preset, tokenizer, comparison.block_size,
+                                                       overrides)) for model, overrides in models.items()}
+    print("parameters: " + " | ".join(f"{model} {count:,}" for model, count in parameters.items())
+          + f" ({BASELINE}: {' '.join(baseline_overrides)})")
     runs = []
     for seed in comparison.seeds:
         for model, overrides in models.items():
@@ -96,8 +100,7 @@ def run(comparison: Comparison, work_dir: Path, num_threads: int | None = 1) -> 
                              curve=[(e["step"], e["loss"]) for e in metrics["eval"]], config_overrides=overrides))
             print(f"{model} seed {seed}: held-out loss {metrics['final_eval']['loss']:.4f}, "
                   f"bits/byte {metrics['final_eval']['bits_per_byte']:.4f}, {metrics['train_seconds']:.0f} s")
-    return dict(comparison=comparison.__dict__, parameters={comparison.member: member_parameters,
-                                                            BASELINE: baseline_parameters},
+    return dict(comparison=comparison.__dict__, parameters=parameters,
                 tokens_per_step=comparison.batch_size * comparison.block_size, runs=runs,
                 summary=summarise(runs), machine=machine_description())
 
@@ -120,7 +123,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def write_report(results: dict, command: str, out_dir: Path) -> Path:
     """docs/experiments/NAME.{json,md,png}; returns the markdown path."""
-    comparison = Comparison(**results["comparison"])
+    settings = results["comparison"]
+    if isinstance(settings["member"], str):  # reports written before several members could be compared
+        settings = {**settings, "member": [settings["member"]]}
+    comparison = Comparison(**settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / comparison.report_name
     stem.with_suffix(".json").write_text(json.dumps({**results, "command": command}, indent=1))
@@ -136,7 +142,7 @@ def write_report(results: dict, command: str, out_dir: Path) -> Path:
                f"{run['final']['bits_per_byte']:.4f} | {run['train_seconds']:.0f} |" for run in results["runs"]]
     baseline_overrides = next(run["config_overrides"] for run in results["runs"] if run["model"] == BASELINE)
     held_out = results["summary"][BASELINE]["held_out_tokens"]
-    text = f"""# {comparison.member} vs Llama on Shakespeare (equal parameter count)
+    text = f"""# {', '.join(comparison.member)} vs Llama on Shakespeare (equal parameter count)
 
 ```bash
 {command}
@@ -144,7 +150,7 @@ def write_report(results: dict, command: str, out_dir: Path) -> Path:
 
 Preset `{comparison.preset}`{' with ' + ' '.join(comparison.config_overrides) if comparison.config_overrides else ''};
 Llama (transformers' `LlamaForCausalLM`) at the same width, depth and heads with {' '.join(baseline_overrides)} to
-match the parameter count. Byte tokenizer (259 ids), block {comparison.block_size}, batch {comparison.batch_size}
+match the parameter count of `{comparison.member[0]}`. Byte tokenizer (259 ids), block {comparison.block_size}, batch {comparison.batch_size}
 ({results['tokens_per_step']:,} tokens per step), {comparison.steps} AdamW steps with warmup and cosine decay from
 learning rate {comparison.learning_rate:g}, seeds {comparison.seeds}. Evaluated on the held-out plays
 ({held_out:,} target tokens in packed blocks; loss, accuracy and bits per byte on the same targets).

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, PreTrainedConfig, default_data_co
 from .data import load_text_splits, pack_blocks
 from .evaluation import EvalResult, evaluate_blocks
 from .hub import check_folder, model_card
-from ..members import get_member
+from ..members import HYBRIDS, MEMBERS, get_member
 from ..tokenization_attnlab import load_tokenizer, token_byte_lengths
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -38,8 +38,8 @@ METRICS_FILE = "metrics.json"
 class TrainArgs:
     """Everything a training run depends on; `attnlab train` exposes each field as `--name`."""
 
-    model: str = field(default="triple_product", metadata={"help": "member name (triple_product, evolving, elita) or "
-                                                                   "the baseline 'llama'"})
+    model: str = field(default="triple_product", metadata={"help": "a member (" + ", ".join(MEMBERS) + "), a hybrid ("
+                                                                   + ", ".join(HYBRIDS) + ") or the baseline 'llama'"})
     preset: str = field(default="tiny", metadata={"help": "size preset: tiny, small or base"})
     config_overrides: list[str] = field(default_factory=list, metadata={
         "help": "model config values as key=value (value parsed as JSON, else a string), e.g. num_hidden_layers=6"})
