@@ -116,14 +116,16 @@ class AttnlabDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = AttnlabRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = mlp_class(config)
 
-    def forward(self, hidden_states, position_ids=None, position_embeddings=None, attention_mask=None,
-                past_key_values=None, **mixer_kwargs):
+    def forward(self, hidden_states, position_ids=None, position_embeddings=None, attention_mask=None, cache=None,
+                **mixer_kwargs):
+        # The cache arrives as `cache=`, the name GradientCheckpointingLayer clears under checkpointing (it does not
+        # know `past_key_values=`): the backward pass replays the layer, which would write the cache a second time.
         hidden_states = hidden_states + self.self_attn(
             self.input_layernorm(hidden_states),
             position_ids=position_ids,
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            past_key_values=cache,
             **mixer_kwargs,
         )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
@@ -220,7 +222,7 @@ class AttnlabModel(AttnlabPreTrainedModel):
             position_ids=position_ids,
             position_embeddings=position_embeddings,
             attention_mask=key_padding,
-            past_key_values=past_key_values,
+            cache=past_key_values,
         )
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
