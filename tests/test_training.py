@@ -74,10 +74,12 @@ def test_train_eval_generate_reload(args, capsys):
     window = evaluate_sliding_window(model, stream, token_byte_lengths(tokenizer), window=32, stride=16)
     assert json.loads((folder / "window.json").read_text()) == pytest.approx(window.to_dict())
     assert capsys.readouterr().out.splitlines() == [str(EvalResult(**metrics["final_eval"])), str(window)]
-    main(["generate", str(folder), "--prompt", "ROMEO:", "--max_new_tokens", "8", "--temperature", "1.5"])
-    sampled = generate_text(model, tokenizer, "ROMEO:", max_new_tokens=8, seed=0, do_sample=True, temperature=1.5,
-                            top_k=40, top_p=1.0, repetition_penalty=1.0)
+    main(["generate", str(folder), "--prompt", "ROMEO:", "--max_new_tokens", "8", "--temperature", "0.5", "--seed", "1"])
+    sample = dict(max_new_tokens=8, seed=1, do_sample=True, top_k=40, top_p=1.0, repetition_penalty=1.0)
+    sampled = generate_text(model, tokenizer, "ROMEO:", temperature=0.5, **sample)
     assert capsys.readouterr().out == sampled + "\n" and sampled.startswith("ROMEO:") and len(sampled) > len("ROMEO:")
+    # The temperature matters here: generate()'s default (1.0) samples another continuation.
+    assert sampled != generate_text(model, tokenizer, "ROMEO:", temperature=1.0, **sample)
 
     generator = pipeline("text-generation", model=str(folder), trust_remote_code=True)
     text = generator("ROMEO:", max_new_tokens=5, do_sample=False)[0]["generated_text"]
