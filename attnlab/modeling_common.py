@@ -208,6 +208,10 @@ class AttnlabDecoderLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states, cache_idx: int, **mixer_kwargs):
         """`cache_idx` is the cache slot of this application of the layer (a layer run twice has two)."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # The backward pass replays the layer, which would write its cache slot a second time. transformers
+            # clears the cache for us only under the argument name of its own version (5.23 and 5.24 differ).
+            mixer_kwargs["cache"] = None
         hidden_states = hidden_states + self.self_attn(
             self.input_layernorm(hidden_states), cache_idx=cache_idx, **mixer_kwargs
         )

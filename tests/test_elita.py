@@ -50,7 +50,19 @@ def test_attention_matches_the_seed_with_the_fixed_step(chunk_size):
     seed_grad, x.grad = x.grad, None
     ours(x, position_ids=positions).square().sum().backward()
     torch.testing.assert_close(x.grad, seed_grad, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(ours.position_frequency.grad[0], seed.a1.grad.squeeze(-1), atol=1e-4, rtol=1e-4)
+    # Every parameter's gradient, laid out as paired_attention lays out the weights.
+    expected = {
+        "key_proj.weight": torch.cat([seed.k1.grad, seed.k2.grad, seed.k3.grad]),
+        "v_proj.weight": seed.value_weight.grad.permute(0, 2, 1).reshape(WIDTH, WIDTH),
+        "o_proj.weight": seed.output_weight.grad.permute(1, 0, 2).reshape(WIDTH, WIDTH),
+        "position_frequency": torch.stack([seed.a1.grad, seed.a2.grad]).squeeze(-1),
+        "position_phase": torch.stack([seed.b1.grad, seed.b2.grad]).squeeze(-1),
+        "position_amplitude": seed.c.grad.squeeze(-1),
+    }
+    assert set(expected) == {name for name, _ in ours.named_parameters()}
+    for name, parameter in ours.named_parameters():
+        assert expected[name].abs().max() > 0, name
+        torch.testing.assert_close(parameter.grad, expected[name], atol=1e-4, rtol=1e-4, msg=name)
 
 
 def test_feed_forward_matches_the_seed_einsum():

@@ -82,3 +82,30 @@ def test_sliding_window_scores_the_same_targets_as_one_pass(tiny_model):
     windows = evaluate_sliding_window(tiny_model, stream, byte_lengths, window=16, stride=5, batch_size=3)
     assert windows.tokens == one_pass.tokens == 39
     assert windows.bytes == one_pass.bytes == int(byte_lengths[stream[1:]].sum())
+
+
+def test_multi_byte_tokens_count_bytes_not_tokens(tiny_model):
+    """Tokens of 0 to 4 bytes, as in a BPE vocabulary: bits per byte divides the summed nats by the targets' bytes."""
+    torch.manual_seed(3)
+    ids = torch.randint(3, 97, (4, 10))
+    byte_lengths = torch.arange(97) % 5  # 0 (like special tokens) to 4 bytes
+    result = evaluate_blocks(tiny_model, Dataset.from_dict({"input_ids": ids.tolist()}), byte_lengths, batch_size=3)
+    with torch.no_grad():
+        loss = tiny_model(input_ids=ids, labels=ids).loss.item()
+    num_bytes = int(byte_lengths[ids[:, 1:]].sum())
+    assert result.tokens == 4 * 9 and result.bytes == num_bytes and num_bytes != result.tokens
+    assert result.loss == pytest.approx(loss, rel=1e-5)
+    assert result.bits_per_byte == pytest.approx(loss * result.tokens / math.log(2) / num_bytes, rel=1e-5)
+
+
+def test_evaluation_leaves_the_model_in_the_mode_it_found(tiny_model):
+    """Training evaluates periodically: a model left in eval mode would train on without dropout or checkpointing."""
+    ids = torch.randint(3, 97, (3, 12))
+    blocks = Dataset.from_dict({"input_ids": ids.tolist()})
+    byte_lengths = torch.ones(97, dtype=torch.long)
+    for training in (True, False):
+        tiny_model.train(training)
+        evaluate_blocks(tiny_model, blocks, byte_lengths, batch_size=2)
+        assert all(module.training == training for module in tiny_model.modules())
+        evaluate_sliding_window(tiny_model, ids[0], byte_lengths, window=8, stride=4)
+        assert all(module.training == training for module in tiny_model.modules())

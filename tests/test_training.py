@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, pipeline
 
-from attnlab.workbench.cli import main
-from attnlab.workbench.data import shakespeare_text
-from attnlab.workbench.evaluation import evaluate_blocks, load_model_and_tokenizer
+from attnlab.workbench.cli import generate_text, main
+from attnlab.workbench.data import load_text_splits, shakespeare_text, token_stream
+from attnlab.workbench.evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
 from attnlab.members import MEMBERS, get_member
 from attnlab.tokenization_attnlab import byte_tokenizer, token_byte_lengths
 from attnlab.workbench.training import TrainArgs, build_config, load_blocks, train
@@ -63,12 +63,23 @@ def test_train_eval_generate_reload(args, capsys):
     assert evaluate_blocks(model, validation, token_byte_lengths(tokenizer)).to_dict() == pytest.approx(
         metrics["final_eval"])
 
+    # The CLI scores the files it is given with the options it is given, and prints what it saves.
     capsys.readouterr()
-    main(["eval", str(folder), "--files", *args.validation_files, "--block_size", "32"])
-    main(["eval", str(folder), "--files", *args.validation_files, "--window", "32", "--stride", "16"])
-    main(["generate", str(folder), "--prompt", "ROMEO:", "--max_new_tokens", "8"])
-    out = capsys.readouterr().out
-    assert out.count("bits/byte") == 2 and "ROMEO:" in out
+    main(["eval", str(folder), "--files", *args.validation_files, "--block_size", "32",
+          "--output_json", str(folder / "blocks.json")])
+    assert json.loads((folder / "blocks.json").read_text()) == pytest.approx(metrics["final_eval"])
+    main(["eval", str(folder), "--files", *args.validation_files, "--window", "32", "--stride", "16",
+          "--output_json", str(folder / "window.json")])
+    stream = token_stream(load_text_splits(args.validation_files, args.validation_files)["validation"], tokenizer)
+    window = evaluate_sliding_window(model, stream, token_byte_lengths(tokenizer), window=32, stride=16)
+    assert json.loads((folder / "window.json").read_text()) == pytest.approx(window.to_dict())
+    assert capsys.readouterr().out.splitlines() == [str(EvalResult(**metrics["final_eval"])), str(window)]
+    main(["generate", str(folder), "--prompt", "ROMEO:", "--max_new_tokens", "8", "--temperature", "0.5", "--seed", "1"])
+    sample = dict(max_new_tokens=8, seed=1, do_sample=True, top_k=40, top_p=1.0, repetition_penalty=1.0)
+    sampled = generate_text(model, tokenizer, "ROMEO:", temperature=0.5, **sample)
+    assert capsys.readouterr().out == sampled + "\n" and sampled.startswith("ROMEO:") and len(sampled) > len("ROMEO:")
+    # The temperature matters here: generate()'s default (1.0) samples another continuation.
+    assert sampled != generate_text(model, tokenizer, "ROMEO:", temperature=1.0, **sample)
 
     generator = pipeline("text-generation", model=str(folder), trust_remote_code=True)
     text = generator("ROMEO:", max_new_tokens=5, do_sample=False)[0]["generated_text"]
@@ -82,7 +93,10 @@ def test_bpe_tokenizer_from_the_cli_sets_the_vocabulary(args, tmp_path, capsys):
     assert model.config.vocab_size == len(tokenizer) == 300
     # BPE tokens span several bytes: bits per byte counts the bytes, not the tokens.
     assert metrics["final_eval"]["bytes"] > metrics["final_eval"]["tokens"]
+    capsys.readouterr()
     main(["generate", args.output_dir, "--greedy", "--max_new_tokens", "4"])
+    greedy = generate_text(model, tokenizer, "ROMEO:", max_new_tokens=4, do_sample=False)
+    assert capsys.readouterr().out == greedy + "\n" and len(tokenizer(greedy)["input_ids"]) > 1
 
 
 def test_resume_continues_the_same_loss_curve(args):
@@ -181,14 +195,21 @@ def test_transformers_trainer_trains_a_member(tmp_path):
     member = MEMBERS["elita"]
     torch.manual_seed(0)
     model = member.causal_lm_class(member.test_config())
-    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(3, 97, (8, 16)).tolist()]
+    ids = torch.randint(3, 97, (8, 16))
+    with torch.no_grad():
+        untrained_loss = model(ids, labels=ids).loss.item()
+    rows = [{"input_ids": row, "labels": row} for row in ids.tolist()]
+    # With gradient checkpointing, as Trainer users turn it on; one batch holds every row.
     trainer = Trainer(model=model, train_dataset=rows,
-                      args=TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
+                      args=TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8,
                                              learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True,
-                                             logging_steps=1))
+                                             logging_steps=1, activation_checkpointing=True))
     result = trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    assert result.global_step == 3 and len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert result.global_step == 3 and len(losses) == 3 and model.is_gradient_checkpointing
+    # The first step scores the untrained model on the whole batch; the next ones have learned from it.
+    assert losses[0] == pytest.approx(untrained_loss, rel=1e-3)
+    assert losses[2] < losses[1] < losses[0]
 
 
 def test_two_processes_with_accelerate_launch(text_files, tmp_path):
@@ -197,12 +218,25 @@ def test_two_processes_with_accelerate_launch(text_files, tmp_path):
     # gloo processes come from the multi-process launcher with ACCELERATE_USE_CPU=1.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "-m", "attnlab", "train", "--preset", "tiny", "--block_size", "32", "--batch_size", "2",
-               "--max_steps", "3", "--eval_every", "2", "--eval_blocks", "3", "--num_threads", "1",
-               "--train_files", *train_files, "--validation_files", *validation_files,
+               "--max_steps", "4", "--eval_every", "2", "--eval_blocks", "3", "--save_every", "0",
+               "--num_threads", "1", "--train_files", *train_files, "--validation_files", *validation_files,
                "--output_dir", str(tmp_path / "run")]
     # `python -m` from the repository root imports this checkout of attnlab.
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run(command, cwd=REPO, env=env, check=True, timeout=120, capture_output=True)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["num_processes"] == 2 and metrics["steps"] == 3 and metrics["tokens"] == 3 * 2 * 2 * 32
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run") is not None
+    assert metrics["num_processes"] == 2 and metrics["steps"] == 4 and metrics["tokens"] == 4 * 2 * 2 * 32
+
+    # Two processes with batches of 2 see, step by step, the rows one process sees with batches of 4, and average
+    # their gradients: the same run to rounding, learning-rate warmup and schedule included.
+    one = train(TrainArgs(preset="tiny", block_size=32, batch_size=4, max_steps=4, eval_every=2, eval_blocks=3,
+                          save_every=0, num_threads=1, train_files=train_files, validation_files=validation_files,
+                          output_dir=str(tmp_path / "one")))
+    assert metrics["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
+    # Each process scores a shard of the held-out blocks and the totals are summed: every block counts once.
+    assert [e["tokens"] for e in metrics["eval"]] == [e["tokens"] for e in one["eval"]] == [3 * 31]
+    assert metrics["eval"][0] == pytest.approx(one["eval"][0], rel=1e-5)
+    assert metrics["final_eval"] == pytest.approx(one["final_eval"], rel=1e-5)
+    two_processes = AutoModelForCausalLM.from_pretrained(tmp_path / "run").state_dict()
+    for name, weight in AutoModelForCausalLM.from_pretrained(tmp_path / "one").state_dict().items():
+        torch.testing.assert_close(two_processes[name], weight, atol=1e-5, rtol=1e-4, msg=name)

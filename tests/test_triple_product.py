@@ -22,17 +22,22 @@ def paired_modules(chunk_size):
     seed = SeedTripleProductAttention(WIDTH, HEADS, max_len=128)
     config = TripleProductConfig(hidden_size=WIDTH, num_attention_heads=HEADS, query_chunk_size=chunk_size)
     ours = TripleProductAttention(config, layer_idx=0)
-    head_dim = WIDTH // HEADS
-    per_head = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
-    rows = torch.cat([h * head_dim + per_head for h in range(HEADS)])
+    rows = rotary_rows()
     with torch.no_grad():
         ours.q_proj.weight.copy_(seed.W_q.weight[rows])
         ours.k_proj.weight.copy_(seed.W_k.weight[rows])
         ours.r_proj.weight.copy_(seed.W_r.weight[rows])
         ours.v_proj.weight.copy_(seed.W_v.weight)
         ours.o_proj.weight.copy_(seed.W_o.weight)
-    rotary = AttnlabRotaryEmbedding(head_dim, 10000.0)
+    rotary = AttnlabRotaryEmbedding(WIDTH // HEADS, 10000.0)
     return seed, ours, rotary
+
+
+def rotary_rows():
+    """Our q, k, r row i is the seed's row rotary_rows()[i]: per head, the even dimensions, then the odd ones."""
+    head_dim = WIDTH // HEADS
+    per_head = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
+    return torch.cat([h * head_dim + per_head for h in range(HEADS)])
 
 
 @pytest.mark.parametrize("chunk_size", [7, 256])
@@ -48,8 +53,14 @@ def test_gradients_match_the_seed_module():
     x = torch.randn(2, 40, WIDTH)
     seed(x).square().sum().backward()
     ours(x, position_embeddings=rotary(torch.arange(40)[None].expand(2, -1))).square().sum().backward()
-    torch.testing.assert_close(ours.v_proj.weight.grad, seed.W_v.weight.grad, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(ours.o_proj.weight.grad, seed.W_o.weight.grad, atol=1e-4, rtol=1e-4)
+    rows = rotary_rows()
+    expected = {"q_proj.weight": seed.W_q.weight.grad[rows], "k_proj.weight": seed.W_k.weight.grad[rows],
+                "r_proj.weight": seed.W_r.weight.grad[rows], "v_proj.weight": seed.W_v.weight.grad,
+                "o_proj.weight": seed.W_o.weight.grad}
+    assert set(expected) == {name for name, _ in ours.named_parameters()}
+    for name, parameter in ours.named_parameters():
+        assert expected[name].abs().max() > 0, name
+        torch.testing.assert_close(parameter.grad, expected[name], atol=1e-4, rtol=1e-4, msg=name)
 
 
 def sarrus_scores(q, k, r, scale):

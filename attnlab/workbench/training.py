@@ -233,8 +233,10 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, num_warmup_steps=math.ceil(args.warmup_ratio * args.max_steps) * accelerator.num_processes,
         num_training_steps=args.max_steps * accelerator.num_processes)
+    # The loader gets its own generator: starting an iterator (each epoch, and after a resume) would otherwise draw
+    # from torch's global RNG, shifting the dropout masks of a resumed run off those of the uninterrupted one.
     train_loader = DataLoader(train_blocks.select_columns(["input_ids"]), batch_size=args.batch_size, shuffle=True,
-                              drop_last=True, collate_fn=default_data_collator)
+                              drop_last=True, collate_fn=default_data_collator, generator=torch.Generator())
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_blocks)} training blocks are fewer than one batch of {args.batch_size} per "
