@@ -154,6 +154,21 @@ def test_inputs_embeds_and_logits_to_keep(model):
                                    rtol=0)
 
 
+def test_compiles_as_one_graph_for_forward_and_cached_decoding(model):
+    """torch.compile(fullgraph=True) traces the whole model: no input check reads a tensor value (a graph break, and
+    a host sync per decoding step on a GPU). The eager backend checks the trace without paying for code generation;
+    scripts/bench_compile.py measures the inductor speed-up."""
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    ids = random_ids(2, 12)
+    full = logits(model, ids)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(ids, use_cache=False).logits, full, atol=1e-5, rtol=0)
+        cache = getattr(model(ids[:, :11], use_cache=True), CACHE_FIELD)
+        step = compiled(ids[:, 11:], use_cache=True, **{CACHE_FIELD: cache}).logits
+    torch.testing.assert_close(step, full[:, 11:], atol=1e-4, rtol=0)
+
+
 # 3. Round trip -------------------------------------------------------------------------------------------------
 
 
@@ -296,6 +311,8 @@ def test_bad_inputs_get_clear_errors(model):
         model()
     with pytest.raises(ValueError, match="attention_mask"):
         model(random_ids(2, 5), attention_mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="row of zeros"):
+        model(random_ids(2, 5), attention_mask=torch.tensor([[1] * 5, [0] * 5]))
     too_long = model.config.max_position_embeddings + 1
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model(random_ids(1, too_long))

@@ -113,3 +113,16 @@ def test_bad_config_values_are_rejected(bad, match):
 
 def test_raw_mode_accepts_any_decay():
     assert EvolvingConfig(decay_mode="raw", memory_decay=1.5).memory_decay == 1.5
+
+
+def test_sdpa_is_accepted_where_sdpa_is_what_runs():
+    """evolving's attention is SDPA, so attn_implementation="sdpa" (which pipelines and harnesses pass) is accepted;
+    triple_product's Gram scores are not SDPA, and transformers refuses the request by name."""
+    from transformers import AutoModelForCausalLM
+
+    from attnlab.members import MEMBERS
+
+    model = AutoModelForCausalLM.from_config(MEMBERS["evolving"].test_config(), attn_implementation="sdpa")
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="scaled_dot_product_attention"):
+        AutoModelForCausalLM.from_config(MEMBERS["triple_product"].test_config(), attn_implementation="sdpa")

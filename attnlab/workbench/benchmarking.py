@@ -35,6 +35,7 @@ class Measurement:
     parameters: int
     autocast_bf16: bool
     mixer: str | None = None  # "module:Class" swapped in for the member's own mixer, if any
+    compile_s: float | None = None  # torch.compile runs only: wall time of the first (compiling) call
 
 
 def machine_description() -> str:
@@ -243,22 +244,30 @@ MEASURES = {"train": measure_training, "forward": measure_forward, "decode": mea
 
 def measure(kind: str, model_name: str, preset: str, batch_size: int, seq_len: int, repeats: int = 3,
             warmup: int = 1, autocast: bool | None = None, device: str | None = None, vocab_size: int = 512,
-            overrides: dict | None = None, mixer: str | None = None) -> Measurement:
+            overrides: dict | None = None, mixer: str | None = None, compile: bool = False) -> Measurement:
     """One measurement in this process (use `isolated` to get a fresh process and a clean memory peak).
 
     `autocast=None` uses bf16 autocast where it is fast (see `bf16_autocast_is_fast`), fp32 otherwise; `mixer`
-    swaps another mixer class into an attnlab member (see `swap_mixers`)."""
+    swaps another mixer class into an attnlab member (see `swap_mixers`); `compile` measures `torch.compile(model)`
+    (inductor), after one untimed call whose wall time, the compilation, is reported as `compile_s`."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if autocast is None:
         autocast = bf16_autocast_is_fast(device.type)
     extra_positions = repeats + warmup + 1 if kind == "decode" else 0
     model = build_model(model_name, preset, seq_len + extra_positions, vocab_size, device, mixer=mixer,
                         **(overrides or {}))
+    compile_s = None
+    if compile:
+        model = torch.compile(model)
+        start = time.perf_counter()
+        MEASURES[kind](model, batch_size, seq_len, 1, 0, autocast)
+        compile_s = time.perf_counter() - start
     median_s, peak_mb = MEASURES[kind](model, batch_size, seq_len, repeats, warmup, autocast)
     tokens = batch_size if kind == "decode" else batch_size * seq_len
     return Measurement(model=model_name, kind=kind, batch_size=batch_size, seq_len=seq_len, median_s=median_s,
                        tokens_per_s=tokens / median_s, peak_memory_mb=peak_mb,
-                       parameters=sum(p.numel() for p in model.parameters()), autocast_bf16=autocast, mixer=mixer)
+                       parameters=sum(p.numel() for p in model.parameters()), autocast_bf16=autocast, mixer=mixer,
+                       compile_s=compile_s)
 
 
 def isolated(kind: str, model_name: str, preset: str, batch_size: int, seq_len: int, timeout: float = 3600,
