@@ -62,9 +62,10 @@ class Member:
 MEMBERS: dict[str, Member] = {
     member.name: member
     for member in [
-        # Small chunks in the tests so that chunk boundaries, and the recomputation across them, are exercised.
+        # Small chunks in the tests, always recomputed in the backward pass, so that chunk boundaries and the
+        # recomputation across them are exercised (tests/test_triple_product.py checks the path that keeps scores).
         Member("triple_product", TripleProductConfig, TripleProductModel, TripleProductForCausalLM,
-               test_overrides=dict(query_chunk_size=5)),
+               test_overrides=dict(query_chunk_size=5, recompute_scores_above_mb=0)),
         # Chunks of 4 positions so that the scan's carry across chunk ends is exercised.
         Member("evolving", EvolvingConfig, EvolvingModel, EvolvingForCausalLM, test_overrides=dict(scan_chunk_size=4)),
         Member("elita", ElitaConfig, ElitaModel, ElitaForCausalLM, test_overrides=dict(scan_chunk_size=5)),

@@ -53,18 +53,23 @@ def _chunk_attention(s, t, row_weight, k, v, key_norm2, token_mask, query_start:
     return torch.softmax(scores, dim=-1) @ v
 
 
-def triple_product_attention(q, k, r, v, token_mask, scale: float, chunk_size: int) -> torch.Tensor:
+def triple_product_attention(q, k, r, v, token_mask, scale: float, chunk_size: int,
+                             recompute_above_bytes: float = 0) -> torch.Tensor:
     """q, r [B, H, T, D] at positions past..past+T-1; k, v [B, H, S, D] with S = past + T. Returns [B, H, T, D] fp32.
 
-    Queries are processed in chunks that only see the keys up to their own position; when gradients are needed
-    each chunk is recomputed in the backward pass, so no [T, S] tensor outlives its chunk.
+    Queries are processed in chunks that only see the keys up to their own position. When gradients are needed and
+    the layer's whole fp32 score tensor [B, H, T, S] would take more than `recompute_above_bytes`, each chunk is
+    recomputed in the backward pass, so no [T, S] tensor outlives its chunk and memory grows linearly with T;
+    below that, autograd keeps the scores, which saves the recomputation (about half the backward pass).
     """
     with fp32_region(q):
         q, k, r, v = q.float(), k.float(), r.float(), v.float()
         s, t, row_weight = query_plane(q, r, scale)
         key_norm2 = (k * k).sum(-1)[..., None, :]
         num_queries, past = q.shape[2], k.shape[2] - q.shape[2]
-        recompute = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, r, v))
+        score_bytes = 4 * q.shape[0] * q.shape[1] * num_queries * k.shape[2]
+        recompute = (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, r, v))
+                     and score_bytes > recompute_above_bytes)
         outputs = []
         for start in range(0, num_queries, chunk_size):
             end = min(start + chunk_size, num_queries)
@@ -82,6 +87,7 @@ class TripleProductAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.scale = config.head_dim**-1.5
         self.query_chunk_size = config.query_chunk_size
+        self.recompute_above_bytes = config.recompute_scores_above_mb * 2**20
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.r_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
@@ -96,7 +102,8 @@ class TripleProductAttention(nn.Module):
         v = split_heads(self.v_proj(hidden_states), self.num_heads)
         if cache is not None:
             k, v = cache.update(k, v, cache_idx)
-        out = triple_product_attention(q, k, r, v, token_mask, self.scale, self.query_chunk_size)
+        out = triple_product_attention(q, k, r, v, token_mask, self.scale, self.query_chunk_size,
+                                       self.recompute_above_bytes)
         return self.o_proj(merge_heads(out).to(hidden_states.dtype))
 
 

@@ -98,7 +98,7 @@ def test_degenerate_query_planes_give_a_uniform_causal_average():
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-def saved_bytes_for_backward(seq_len, chunk_size):
+def saved_bytes_for_backward(seq_len, chunk_size, recompute_above_bytes=0):
     """Bytes autograd keeps from the forward pass of the attention core (what training memory holds per layer)."""
     storages = {}  # views of one tensor share its storage: count each storage once
 
@@ -109,7 +109,8 @@ def saved_bytes_for_backward(seq_len, chunk_size):
 
     q, k, r, v = (torch.randn(1, 2, seq_len, 16, requires_grad=True) for _ in range(4))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        triple_product_attention(q, k, r, v, None, scale=16**-1.5, chunk_size=chunk_size).sum()
+        triple_product_attention(q, k, r, v, None, scale=16**-1.5, chunk_size=chunk_size,
+                                 recompute_above_bytes=recompute_above_bytes).sum()
     return sum(storages.values())
 
 
@@ -117,3 +118,15 @@ def test_training_memory_grows_linearly_with_sequence_length():
     short, long = saved_bytes_for_backward(512, 64), saved_bytes_for_backward(2048, 64)
     assert long / short < 4.5  # quadratic storage would be 16x
     assert long < 2048 * 2048 * 2 * 4  # less than one fp32 [T, T] score matrix per head
+
+
+def test_scores_are_kept_below_the_budget_and_recomputed_above_it_with_equal_gradients():
+    q, k, r, v = (torch.randn(2, 2, 40, 8, requires_grad=True) for _ in range(4))
+    gradients = []
+    for budget in (0, 2**20):  # the scores take 2 * 2 * 40 * 40 * 4 = 25.6 kB: recomputed, then kept
+        out = triple_product_attention(q, k, r, v, None, scale=8**-1.5, chunk_size=16, recompute_above_bytes=budget)
+        gradients.append(torch.autograd.grad(out.square().sum(), (q, k, r, v)))
+    for recomputed, kept in zip(*gradients):
+        torch.testing.assert_close(kept, recomputed, atol=1e-6, rtol=1e-6)
+    kept_bytes, recomputed_bytes = saved_bytes_for_backward(256, 64, 2**30), saved_bytes_for_backward(256, 64, 0)
+    assert kept_bytes > 256 * 256 * 2 * 4 > recomputed_bytes  # kept: at least the [T, T] scores of both heads
