@@ -12,31 +12,13 @@ import torch
 from transformers import AutoModelForCausalLM, pipeline
 
 from attnlab.workbench.cli import generate_text, main
-from attnlab.workbench.data import load_text_splits, shakespeare_text, token_stream
+from attnlab.workbench.data import load_text_splits, token_stream
 from attnlab.workbench.evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
 from attnlab.members import MEMBERS, get_member
 from attnlab.tokenization_attnlab import byte_tokenizer, token_byte_lengths
 from attnlab.workbench.training import TrainArgs, build_config, load_blocks, train
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: one thread is several times faster than two fighting another job.
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def text_files(tmp_path_factory):
-    """A small train / validation pair (about 15 blocks of 32 bytes per epoch at batch 4, so runs cross epochs)."""
-    folder = tmp_path_factory.mktemp("text")
-    text = shakespeare_text()
-    (folder / "train.txt").write_text(text[:2000])
-    (folder / "valid.txt").write_text(text[2000:2600])
-    return [str(folder / "train.txt")], [str(folder / "valid.txt")]
 
 
 @pytest.fixture

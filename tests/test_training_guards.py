@@ -15,28 +15,11 @@ from transformers import AutoModelForCausalLM
 from attnlab.members import MEMBERS
 from attnlab.tokenization_attnlab import byte_tokenizer, token_byte_lengths
 from attnlab.workbench.cli import build_parser, main
-from attnlab.workbench.data import pack_blocks, shakespeare_splits, shakespeare_text, token_stream
+from attnlab.workbench.data import pack_blocks, shakespeare_splits, token_stream
 from attnlab.workbench.evaluation import evaluate_blocks, evaluate_sliding_window
 from attnlab.workbench.training import (
     RESUME_KEYS, TRAINER_STATE, TrainArgs, build_model, load_blocks, optimizer_for, resume_state, train,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def text_files(tmp_path_factory):
-    """About 15 training batches of 4 x 32 bytes, and 18 held-out blocks of 32."""
-    folder = tmp_path_factory.mktemp("text")
-    text = shakespeare_text()
-    (folder / "train.txt").write_text(text[:2000])
-    (folder / "valid.txt").write_text(text[2000:2600])
-    return [str(folder / "train.txt")], [str(folder / "valid.txt")]
 
 
 @pytest.fixture
