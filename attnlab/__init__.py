@@ -23,8 +23,18 @@ for _config, _model, _causal_lm in _CAUSAL_LM_MEMBERS:
     AutoModel.register(_config, _model, exist_ok=True)
     AutoModelForCausalLM.register(_config, _causal_lm, exist_ok=True)
 
+# --- depth_recurrent (seed 002) ---------------------------------------------------------------------------------
+from .configuration_depth_recurrent import DepthRecurrentConfig  # noqa: E402
+from .modeling_depth_recurrent import DepthRecurrentForCausalLM, DepthRecurrentModel  # noqa: E402
+
+AutoConfig.register(DepthRecurrentConfig.model_type, DepthRecurrentConfig, exist_ok=True)
+AutoModel.register(DepthRecurrentConfig, DepthRecurrentModel, exist_ok=True)
+AutoModelForCausalLM.register(DepthRecurrentConfig, DepthRecurrentForCausalLM, exist_ok=True)
+__all__ = ["DepthRecurrentConfig", "DepthRecurrentForCausalLM", "DepthRecurrentModel"]
+# -----------------------------------------------------------------------------------------------------------------
+
 __version__ = "0.1.0"
-__all__ = [
+__all__ += [
     "ElitaConfig", "ElitaForCausalLM", "ElitaModel",
     "EvolvingConfig", "EvolvingForCausalLM", "EvolvingModel",
     "TripleProductConfig", "TripleProductForCausalLM", "TripleProductModel",
