@@ -11,7 +11,8 @@ application: slot `pass * num_unique_layers + block` (`config.layer_types`). The
 previous pass's output over the whole window, future tokens included; here it is a running prefix mean, whose sum and
 count are carried in the first slot of the reading pass (a `hybrid` cache layer) while decoding.
 
-All norms are parameter-free RMS norms, as in the submission.
+All norms are parameter-free RMS norms, as in the submission. From modeling_common: the rotary tables, head reshapes,
+the causal padding mask and the input, position, label and cache-name checks; the stack itself is written here.
 """
 
 import math
