@@ -12,13 +12,14 @@ class DepthRecurrentConfig(AttnlabConfig):
     shared. The defaults are the submission's setting (openai/parameter-golf PR #298: 3 x 3, width 768, 8 query and
     2 key/value heads, RoPE base 500000, logit softcap 30, every technique on).
 
-    `num_hidden_layers` is derived: `num_passes * num_unique_layers`, one cache slot per block application (slot
-    `pass * num_unique_layers + block`); passing another value is an error. `layer_types` is derived as well:
+    `num_hidden_layers` counts block applications, `num_passes * num_unique_layers`, one cache slot each (slot
+    `pass * num_unique_layers + block`): give either it or `num_unique_layers` and the other is derived (neither: 3
+    blocks); values that disagree are an error. `layer_types` is derived as well:
     `"full_attention"` everywhere, except `"hybrid"` for the first slot of passes 1.. when `state_carry` is on (that
     slot also holds the running sum and count of the previous pass's outputs).
 
     Args:
-        num_unique_layers (`int`, 3): blocks with their own weights.
+        num_unique_layers (`int`, 3 unless derived from `num_hidden_layers`): blocks with their own weights.
         num_passes (`int`, 3): how many times the stack of blocks runs.
         num_key_value_heads (`int`, 2): key/value heads (grouped-query attention); divides `num_attention_heads`.
         key_projection_rank (`int`, 32): keys are `W_up (W_down x)` through this rank ("low-rank K"); 0 = a full
@@ -76,7 +77,7 @@ class DepthRecurrentConfig(AttnlabConfig):
     rope_theta: float = 500000.0
     layer_types: list[str] | None = None
 
-    num_unique_layers: int = 3
+    num_unique_layers: int | None = None
     num_passes: int = 3
     key_projection_rank: int = 32
     query_gain_init: float = 1.5
@@ -98,25 +99,40 @@ class DepthRecurrentConfig(AttnlabConfig):
     entropy_bonus_decay_steps: float | None = 5000.0
 
     def __post_init__(self, **kwargs):
-        for name in ("num_unique_layers", "num_passes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"DepthRecurrentConfig: {name} must be a positive integer, got {value!r}")
-        applications = self.num_passes * self.num_unique_layers
-        if self.num_hidden_layers is None:
-            self.num_hidden_layers = applications
-        elif self.num_hidden_layers != applications:
-            raise ValueError(
-                f"DepthRecurrentConfig: num_hidden_layers ({self.num_hidden_layers!r}) must equal num_passes * "
-                f"num_unique_layers = {self.num_passes} * {self.num_unique_layers} = {applications} (one cache slot "
-                "per block application); leave it unset to derive it"
-            )
+        self.resolve_depth()
         layer_types = self.derived_layer_types()
         if self.layer_types is not None and list(self.layer_types) != layer_types:
             raise ValueError(f"DepthRecurrentConfig: layer_types {self.layer_types} disagree with the passes and "
                              f"state_carry (expected {layer_types}); leave layer_types unset to derive it")
         self.layer_types = layer_types
         super().__post_init__(**kwargs)
+
+    def resolve_depth(self):
+        """Fill whichever of num_unique_layers and num_hidden_layers is unset from the other (both unset: the
+        submission's 3 blocks), and check that they agree."""
+        passes = self.num_passes
+        if isinstance(passes, bool) or not isinstance(passes, int) or passes <= 0:
+            raise ValueError(f"DepthRecurrentConfig: num_passes must be a positive integer, got {passes!r}")
+        if self.num_unique_layers is None and self.num_hidden_layers is None:
+            self.num_unique_layers = 3
+        if self.num_unique_layers is None:
+            applications = self.num_hidden_layers
+            if isinstance(applications, bool) or not isinstance(applications, int) or applications <= 0 \
+                    or applications % passes:
+                raise ValueError(f"DepthRecurrentConfig: num_hidden_layers (block applications) must be a positive "
+                                 f"multiple of num_passes={passes}, got {applications!r}")
+            self.num_unique_layers = applications // passes
+        blocks = self.num_unique_layers
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks <= 0:
+            raise ValueError(f"DepthRecurrentConfig: num_unique_layers must be a positive integer, got {blocks!r}")
+        if self.num_hidden_layers is None:
+            self.num_hidden_layers = passes * blocks
+        elif self.num_hidden_layers != passes * blocks:
+            raise ValueError(
+                f"DepthRecurrentConfig: num_hidden_layers ({self.num_hidden_layers!r}) must equal num_passes * "
+                f"num_unique_layers = {passes} * {blocks} = {passes * blocks} (one cache slot per block "
+                "application); set one of num_hidden_layers and num_unique_layers and the other is derived"
+            )
 
     def derived_layer_types(self) -> list[str]:
         carry_slots = {self.carry_slot(pass_idx) for pass_idx in range(self.num_passes)}

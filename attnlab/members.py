@@ -58,10 +58,10 @@ MEMBERS: dict[str, Member] = {
         # 2 blocks x 3 passes (so the state carry crosses two passes); everything drawn so every parameter gets a
         # gradient on the first step; a constant entropy bonus so two training forwards give the same loss.
         Member("depth_recurrent", DepthRecurrentConfig, DepthRecurrentForCausalLM,
-               test_overrides=dict(num_unique_layers=2, num_passes=3, num_hidden_layers=6, num_key_value_heads=2,
+               test_overrides=dict(num_passes=3, num_hidden_layers=6, num_key_value_heads=2,
                                    key_projection_rank=4, technique_rank=4, zero_init_output_projections=False,
                                    entropy_bonus_decay_steps=None),
-               preset_overrides=dict(num_unique_layers=3, num_passes=3, num_hidden_layers=9, num_key_value_heads=2)),
+               preset_overrides=dict(num_passes=3, num_hidden_layers=9, num_key_value_heads=2)),
     ]
 }
 

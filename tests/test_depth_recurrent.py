@@ -182,6 +182,10 @@ def test_config_derives_the_cache_slots_and_rejects_other_depths():
     assert c.num_hidden_layers == 6
     assert c.layer_types == ["full_attention"] * 2 + ["hybrid", "full_attention"] * 2
     assert config(state_carry=False).layer_types == ["full_attention"] * 9
+    assert DepthRecurrentConfig().num_unique_layers == 3 and DepthRecurrentConfig().num_hidden_layers == 9
+    assert DepthRecurrentConfig(num_hidden_layers=6).num_unique_layers == 2  # the applications give the blocks
+    with pytest.raises(ValueError, match="multiple of num_passes"):
+        DepthRecurrentConfig(num_hidden_layers=4)
     with pytest.raises(ValueError, match="num_hidden_layers"):
         config(num_hidden_layers=4)
     with pytest.raises(ValueError, match="exit_gate"):
