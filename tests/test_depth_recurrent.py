@@ -11,6 +11,7 @@ from transformers import DynamicCache
 from attnlab import DepthRecurrentConfig, DepthRecurrentForCausalLM
 from attnlab.workbench.audit import future_perturbation_gap
 from attnlab.workbench.data import shakespeare_text
+from attnlab.workbench.evaluation import evaluate_sliding_window
 from attnlab.workbench.muon import MuonWithAdamW, split_parameters, warmup_then_warmdown
 from attnlab.workbench.quantization import load_quantized, quantize_state_dict, save_quantized
 from attnlab.workbench.seed_reference.seed_002_depth_recurrent import SeedDepthRecurrentGPT
@@ -312,5 +313,8 @@ def test_quantize_save_load_evaluate_round_trip(tmp_path):
             assert torch.equal(restored, tensor), name
     x = ids(2, 30)
     assert (logits(reloaded, x) - logits(model, x)).abs().max() < 0.5
+    stream, byte_lengths = ids(1, 200, seed=4)[0], torch.ones(VOCAB, dtype=torch.long)
+    before, after = (evaluate_sliding_window(m, stream, byte_lengths, window=64, stride=16) for m in (model, reloaded))
+    assert after.tokens == before.tokens == 199 and abs(after.bits_per_byte - before.bits_per_byte) < 0.05
     assert reloaded.lm_head.weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
     assert Path(folder, "config.json").is_file()
