@@ -1,9 +1,9 @@
 """Seed 002, the forward pass of openai/parameter-golf PR #298 ("Ultimate recurrent: 21 techniques"), as submitted.
 
 The submitted train_gpt.py is not available in this repository; this module follows its forward pass line by line
-as transcribed in the seed 002 spec (shared/docs/seed-depth-recurrent-spec.md, section 2.1 and techniques 9-20), with the
-submission's parameter names, initial values and USE_* switches, so that it can serve as the reference that attnlab's
-depth_recurrent member is checked against. It keeps the submission's "selective state carry": the mean of the
+as transcribed in the seed 002 spec (shared/docs/seed-depth-recurrent-spec.md, section 2.1 and techniques 9-20),
+with the submission's parameter names, initial values and USE_* switches, so that it can serve as the reference that
+attnlab's depth_recurrent member is checked against. It keeps the submission's "selective state carry": the mean of the
 previous pass's output over ALL positions of the window is added to every position, so earlier logits depend on
 later tokens (tests/test_depth_recurrent.py shows it; attnlab's member uses a causal prefix mean instead).
 
