@@ -157,8 +157,8 @@ class DepthRecurrentConfig(AttnlabConfig):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"DepthRecurrentConfig: {name} must be a positive integer, got {value!r}")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"DepthRecurrentConfig: num_attention_heads ({self.num_attention_heads}) must be divisible "
-                             f"by num_key_value_heads ({self.num_key_value_heads})")
+            raise ValueError(f"DepthRecurrentConfig: num_attention_heads ({self.num_attention_heads}) must be "
+                             f"divisible by num_key_value_heads ({self.num_key_value_heads})")
         if self.head_dim % 2:
             raise ValueError(f"DepthRecurrentConfig: head_dim ({self.head_dim}) must be even for RoPE")
         if self.hidden_size % 2:

@@ -300,7 +300,8 @@ class DepthRecurrentModel(DepthRecurrentPreTrainedModel):
             if confidence is not None and self.confidence_vectors is not None:
                 hidden_states = hidden_states + confidence[..., None] * self.confidence_vectors[pass_idx - 1]
             if self.difference_scales is not None:
-                hidden_states = hidden_states + self.difference_scales[pass_idx] * (hidden_states - previous_input).abs()
+                difference = (hidden_states - previous_input).abs()
+                hidden_states = hidden_states + self.difference_scales[pass_idx] * difference
             pass_input = hidden_states.detach()
 
             skips = []
@@ -435,7 +436,8 @@ class DepthRecurrentForCausalLM(DepthRecurrentPreTrainedModel, GenerationMixin):
                 loss = loss + self.training_regularisers(logits, labels, outputs.aux_loss)
                 self.training_step += 1
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 
     def training_regularisers(self, logits, labels, aux_loss) -> torch.Tensor:

@@ -52,7 +52,8 @@ def variants(hidden: int, block_size: int) -> dict[str, tuple[str, list[str]]]:
         table[f"dr_{technique}"] = ("depth_recurrent", [o for o in none if o != f"{technique}=false"])
     # SwiGLU has three hidden x intermediate matrices, ReLU^2 two of hidden x 2 hidden: equal FLOPs at 4/3 hidden.
     table["llama9"] = ("llama", [*shape, "num_hidden_layers=9", f"intermediate_size={round(4 * hidden / 3)}"])
-    table["llama3"] = ("llama", [*shape, "num_hidden_layers=3", f"intermediate_size={matched_intermediate(dr, shape, block_size)}"])
+    matched = matched_intermediate(dr, shape, block_size)
+    table["llama3"] = ("llama", [*shape, "num_hidden_layers=3", f"intermediate_size={matched}"])
     return table
 
 
@@ -111,7 +112,8 @@ def run_one(job: dict) -> dict:
                   train_tokens=metrics["tokens"], train_seconds=metrics["train_seconds"],
                   tokens_per_second=metrics["tokens"] / metrics["train_seconds"],
                   bpb=before.bits_per_byte, bpb_int8=after.bits_per_byte, scored_tokens=before.tokens,
-                  artifact_bytes=artifact_bytes, safetensors_bytes=(work / "model" / "model.safetensors").stat().st_size,
+                  artifact_bytes=artifact_bytes,
+                  safetensors_bytes=(work / "model" / "model.safetensors").stat().st_size,
                   eval_seconds=eval_seconds, train_loss=metrics["train_loss"], config_overrides=job["overrides"])
     print(f"{job['variant']} seed {job['seed']}: bpb {result['bpb']:.4f} -> int8 {result['bpb_int8']:.4f}, "
           f"{artifact_bytes:,} B, {result['tokens_per_second']:,.0f} tok/s", flush=True)
@@ -172,8 +174,8 @@ machine was shared with other jobs**, so tokens/s are indicative only. Byte toke
 batch {settings['batch_size']}, {settings['steps']} steps = {results['train_tokens']:,} training tokens for every run;
 `--optimizer muon` (parameter-golf's rates, no warmup, linear warm-down). Width {settings['hidden']}, 4 query / 2
 key-value heads. Bits per byte on the first {settings['eval_tokens']:,} tokens of the held-out plays, sliding window
-{settings['block_size']} / stride {settings['stride']} (every token scored once, >= {settings['block_size'] - settings['stride']}
-tokens of context after the first window), before and after the int8 + zlib round trip (artifact = compressed
+{settings['block_size']} / stride {settings['stride']} (every token scored once, with at least
+{settings['block_size'] - settings['stride']} tokens of context after the first window), before and after the int8 + zlib round trip (artifact = compressed
 weights only, code not counted). Mean ± standard deviation over the seeds.
 
 | model | parameters | bits/byte | bits/byte after int8 | int8 cost | artifact bytes | train tokens/s | seeds |

@@ -90,8 +90,9 @@ class SeedDepthRecurrentGPT(nn.Module):
         super().__init__()
         L, P, S = num_unique_layers, num_passes, num_unique_layers * num_passes
         self.L, self.P, self.logit_softcap = L, P, logit_softcap
-        self.use_resonant, self.use_selective_state, self.use_confidence = use_resonant, use_selective_state, use_confidence
-        self.use_grad_memory, self.use_td, self.use_adaptive_depth, self.use_unet = use_grad_memory, use_td, use_adaptive_depth, use_unet
+        self.use_resonant, self.use_selective_state = use_resonant, use_selective_state
+        self.use_confidence, self.use_grad_memory, self.use_td = use_confidence, use_grad_memory, use_td
+        self.use_adaptive_depth, self.use_unet = use_adaptive_depth, use_unet
         self.tok_emb = nn.Embedding(vocab_size, dim)
         nn.init.normal_(self.tok_emb.weight, std=0.1 / math.sqrt(dim))
         self.value_embeds = nn.Embedding(vocab_size, dim)
