@@ -6,10 +6,12 @@ AutoModelForCausalLM.
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from .configuration_depth_recurrent import DepthRecurrentConfig
 from .configuration_elita import ElitaConfig
 from .configuration_evolving import EvolvingConfig
 from .configuration_triple_product import TripleProductConfig
 from .members import MEMBERS
+from .modeling_depth_recurrent import DepthRecurrentForCausalLM, DepthRecurrentModel
 from .modeling_elita import ElitaForCausalLM, ElitaModel
 from .modeling_evolving import EvolvingForCausalLM, EvolvingModel
 from .modeling_triple_product import TripleProductForCausalLM, TripleProductModel
@@ -21,6 +23,7 @@ for _member in MEMBERS.values():
 
 __version__ = "0.1.0"
 __all__ = [
+    "DepthRecurrentConfig", "DepthRecurrentForCausalLM", "DepthRecurrentModel",
     "ElitaConfig", "ElitaForCausalLM", "ElitaModel",
     "EvolvingConfig", "EvolvingForCausalLM", "EvolvingModel",
     "TripleProductConfig", "TripleProductForCausalLM", "TripleProductModel",

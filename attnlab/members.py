@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, PreTrainedConfig, PreTrainedModel
 
+from .configuration_depth_recurrent import DepthRecurrentConfig
 from .configuration_elita import ElitaConfig
 from .configuration_evolving import EvolvingConfig
 from .configuration_triple_product import TripleProductConfig
+from .modeling_depth_recurrent import DepthRecurrentForCausalLM, DepthRecurrentModel
 from .modeling_elita import ElitaForCausalLM, ElitaModel
 from .modeling_evolving import EvolvingForCausalLM, EvolvingModel
 from .modeling_triple_product import TripleProductForCausalLM, TripleProductModel
@@ -69,6 +71,13 @@ MEMBERS: dict[str, Member] = {
         # Chunks of 4 positions so that the scan's carry across chunk ends is exercised.
         Member("evolving", EvolvingConfig, EvolvingModel, EvolvingForCausalLM, test_overrides=dict(scan_chunk_size=4)),
         Member("elita", ElitaConfig, ElitaModel, ElitaForCausalLM, test_overrides=dict(scan_chunk_size=5)),
+        # 2 blocks x 3 passes (so the state carry crosses two passes); everything drawn so every parameter gets a
+        # gradient on the first step; a constant entropy bonus so two training forwards give the same loss.
+        Member("depth_recurrent", DepthRecurrentConfig, DepthRecurrentModel, DepthRecurrentForCausalLM,
+               test_overrides=dict(num_passes=3, num_hidden_layers=6, num_key_value_heads=2,
+                                   key_projection_rank=4, technique_rank=4, zero_init_output_projections=False,
+                                   entropy_bonus_decay_steps=None),
+               preset_overrides=dict(num_passes=3, num_hidden_layers=9, num_key_value_heads=2)),
     ]
 }
 

@@ -184,15 +184,16 @@ def record_length(cache: Cache, num_tokens: int, batch: int, device: torch.devic
     cache.update(placeholder, placeholder, 0)
 
 
-def check_cache(cache: Cache, config: AttnlabConfig) -> None:
+def check_cache(cache: Cache, config) -> None:
+    """A cache a model can decode with: dynamic, and (if any slot keeps recurrent states) built from its config."""
     if any(isinstance(layer, StaticLayer) for layer in cache.layers):
         raise ValueError(
             "attnlab members decode with DynamicCache only: a StaticCache (cache_implementation='static') returns "
             "keys padded to its maximum length and needs the 4D masks of transformers' own attention code, which "
             "these mixers do not take; generate without cache_implementation"
         )
-    if len(cache.layers) < config.num_hidden_layers and config.own_mixer_recurrent_states:
-        raise ValueError(f"the cache has {len(cache.layers)} layers for {config.num_hidden_layers} slots; build it "
+    if len(cache.layers) < len(config.layer_types) and set(config.layer_types) != {"full_attention"}:
+        raise ValueError(f"the cache has {len(cache.layers)} layers for {len(config.layer_types)} slots; build it "
                          "as DynamicCache(config=model.config), as generate() does")
 
 

@@ -188,7 +188,8 @@ def test_transformers_trainer_trains_a_member(tmp_path):
                                              logging_steps=1, activation_checkpointing=True))
     result = trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    assert result.global_step == 3 and len(losses) == 3 and model.is_gradient_checkpointing
+    assert result.global_step == 3 and len(losses) == 3 and any(
+        getattr(module, "gradient_checkpointing", False) for module in model.modules())
     # The first step scores the untrained model on the whole batch; the next ones have learned from it.
     assert losses[0] == pytest.approx(untrained_loss, rel=1e-3)
     assert losses[2] < losses[1] < losses[0]

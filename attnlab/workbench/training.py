@@ -21,11 +21,13 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoModelForCausalLM, PreTrainedConfig, default_data_collator, get_cosine_schedule_with_warmup
 
 from .data import load_text_splits, pack_blocks
 from .evaluation import EvalResult, evaluate_blocks
 from .hub import check_folder, model_card
+from .muon import MuonWithAdamW, seed_momentum_warmup_steps, seed_warmdown_steps, warmup_then_warmdown
 from ..members import HYBRIDS, MEMBERS, get_member
 from ..tokenization_attnlab import load_tokenizer, token_byte_lengths
 
@@ -58,8 +60,14 @@ class TrainArgs:
     batch_size: int = field(default=8, metadata={"help": "sequences per micro-batch, per process"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     max_steps: int = field(default=200, metadata={"help": "optimizer steps (the cosine schedule ends here)"})
-    learning_rate: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on norms and biases)"})
+    optimizer: Literal["adamw", "muon"] = field(default="adamw", metadata={
+        "help": "'adamw' (cosine schedule) or 'muon': torch.optim.Muon for the nn.Linear weights, AdamW for the rest "
+                "at the parameter-golf ratios, linear warm-down (attnlab/workbench/muon.py); the seed's setting is "
+                "--learning_rate 0.04 --weight_decay 0.01 --max_grad_norm 0"})
+    learning_rate: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate (with --optimizer muon: "
+                                                                 "Muon's)"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on norms and biases; with "
+                                                                "--optimizer muon: Muon's, none on the rest)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of max_steps with linear warmup"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: no clipping)"})
     mixed_precision: Literal["no", "bf16", "fp16"] | None = field(default=None, metadata={
@@ -85,7 +93,7 @@ class TrainArgs:
 # A checkpoint can only be continued by a run that agrees on these; the rest (limits, logging, paths) may change.
 RESUME_KEYS = ("model", "preset", "config_overrides", "config_file", "tokenizer", "train_files", "dataset_name",
                "dataset_config", "text_column", "block_size", "batch_size", "gradient_accumulation_steps", "max_steps",
-               "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "mixed_precision", "seed")
+               "optimizer", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "mixed_precision", "seed")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -154,6 +162,22 @@ def optimizer_for(model, args: TrainArgs) -> torch.optim.AdamW:
     groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=args.weight_decay),
               dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
     return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
+
+
+def build_optimizer(model, args: TrainArgs, num_processes: int = 1):
+    """The optimizer and its learning-rate schedule. The prepared scheduler steps once per process per optimizer step
+    (as in transformers' run_clm_no_trainer), hence the step counts times num_processes."""
+    warmup_steps = math.ceil(args.warmup_ratio * args.max_steps) * num_processes
+    total_steps = args.max_steps * num_processes
+    if args.optimizer == "adamw":
+        optimizer = optimizer_for(model, args)
+        return optimizer, get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup_steps,
+                                                          num_training_steps=total_steps)
+    optimizer = MuonWithAdamW(model, lr=args.learning_rate, weight_decay=args.weight_decay,
+                              momentum_warmup_steps=seed_momentum_warmup_steps(args.max_steps))
+    warmdown_steps = seed_warmdown_steps(args.max_steps) * num_processes
+    return optimizer, LambdaLR(optimizer, lambda step: warmup_then_warmdown(step, warmup_steps, total_steps,
+                                                                            warmdown_steps))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -228,11 +252,7 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     model = build_model(args, tokenizer)
     with accelerator.main_process_first():
         train_blocks, validation_blocks = load_blocks(args, tokenizer)
-    optimizer = optimizer_for(model, args)
-    # The prepared scheduler steps once per process per optimizer step (as in transformers' run_clm_no_trainer).
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, num_warmup_steps=math.ceil(args.warmup_ratio * args.max_steps) * accelerator.num_processes,
-        num_training_steps=args.max_steps * accelerator.num_processes)
+    optimizer, scheduler = build_optimizer(model, args, accelerator.num_processes)
     # The loader gets its own generator: starting an iterator (each epoch, and after a resume) would otherwise draw
     # from torch's global RNG, shifting the dropout masks of a resumed run off those of the uninterrupted one.
     train_loader = DataLoader(train_blocks.select_columns(["input_ids"]), batch_size=args.batch_size, shuffle=True,
