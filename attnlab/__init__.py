@@ -23,9 +23,21 @@ for _config, _model, _causal_lm in _CAUSAL_LM_MEMBERS:
     AutoModel.register(_config, _model, exist_ok=True)
     AutoModelForCausalLM.register(_config, _causal_lm, exist_ok=True)
 
+# --- Time-series member vqlnmlp (seed 004), branch vqlnmlp: to be folded into the registry -------------------
+from transformers import AutoModelForTimeSeriesPrediction
+
+from .configuration_vqlnmlp import VQLNMLPConfig
+from .modeling_vqlnmlp import VQLNMLPForPrediction, VQLNMLPModel
+
+AutoConfig.register(VQLNMLPConfig.model_type, VQLNMLPConfig, exist_ok=True)
+AutoModel.register(VQLNMLPConfig, VQLNMLPModel, exist_ok=True)
+AutoModelForTimeSeriesPrediction.register(VQLNMLPConfig, VQLNMLPForPrediction, exist_ok=True)
+# --- end of the vqlnmlp block ---------------------------------------------------------------------------------
+
 __version__ = "0.1.0"
 __all__ = [
     "ElitaConfig", "ElitaForCausalLM", "ElitaModel",
     "EvolvingConfig", "EvolvingForCausalLM", "EvolvingModel",
     "TripleProductConfig", "TripleProductForCausalLM", "TripleProductModel",
+    "VQLNMLPConfig", "VQLNMLPForPrediction", "VQLNMLPModel",
 ]
