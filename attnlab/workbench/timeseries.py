@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
+from transformers.utils import logging as transformers_logging
 
 from ..configuration_vqlnmlp import VQLNMLPConfig
 from ..modeling_vqlnmlp import VQLNMLPForPrediction
@@ -551,11 +552,15 @@ def forecast_to_files(folder: str, output: str, csv_file: str | None = None, col
     horizon = model.config.prediction_length if horizon is None else horizon
     if horizon <= 0:
         raise ValueError(f"--horizon must be positive, got {horizon}")
-    start = len(series) - horizon if start is None else start
-    if start < context_length or start > len(series):
-        raise ValueError(f"a series of {len(series)} points is too short to forecast {horizon} steps from index "
-                         f"{start} after a context of {context_length}: it needs at least {context_length + horizon} "
-                         "points (or a --start between the context length and the series length)")
+    if start is None:
+        start = len(series) - horizon
+        if start < context_length:
+            raise ValueError(f"a series of {len(series)} points is shorter than context_length + horizon = "
+                             f"{context_length} + {horizon}; forecast fewer steps, or pass --start {len(series)} to "
+                             "forecast past its end")
+    if not context_length <= start <= len(series):
+        raise ValueError(f"--start {start} must leave context_length={context_length} values before it and lie "
+                         f"within the series ({len(series)} points)")
     context = torch.tensor(series[start - context_length:start], dtype=torch.float32).unsqueeze(0)
     forecast = model.generate(context, prediction_length=horizon, rollout=rollout).sequences[0, 0].double().numpy()
     truth = series[start:start + horizon]
@@ -633,6 +638,7 @@ def train_command(args):
 
 
 def eval_command(args):
+    transformers_logging.disable_progress_bar()  # the loading bar would bury the results
     report = evaluate_folder(args.folder, args.csv_file, args.column, args.split, args.validation_fraction)
     print(f"{report['split']} split, {report['validation_windows']} validation windows ({', '.join(report['columns'])})")
     for name, result in report["results"].items():
@@ -645,6 +651,7 @@ def eval_command(args):
 
 
 def forecast_command(args):
+    transformers_logging.disable_progress_bar()
     result = forecast_to_files(args.folder, args.output, args.csv_file, args.column, args.horizon, args.start,
                                args.rollout)
     truth = f"; MSE against the {result['truth_steps']} known values {result['mse']:.1f}" if "mse" in result else ""
