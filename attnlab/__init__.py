@@ -21,10 +21,22 @@ for _member in MEMBERS.values():
     AutoModel.register(_member.config_class, _member.model_class, exist_ok=True)
     AutoModelForCausalLM.register(_member.config_class, _member.causal_lm_class, exist_ok=True)
 
+# --- Time-series member vqlnmlp (seed 004), branch vqlnmlp: to be folded into the registry -------------------
+from transformers import AutoModelForTimeSeriesPrediction
+
+from .configuration_vqlnmlp import VQLNMLPConfig
+from .modeling_vqlnmlp import VQLNMLPForPrediction, VQLNMLPModel
+
+AutoConfig.register(VQLNMLPConfig.model_type, VQLNMLPConfig, exist_ok=True)
+AutoModel.register(VQLNMLPConfig, VQLNMLPModel, exist_ok=True)
+AutoModelForTimeSeriesPrediction.register(VQLNMLPConfig, VQLNMLPForPrediction, exist_ok=True)
+# --- end of the vqlnmlp block ---------------------------------------------------------------------------------
+
 __version__ = "0.1.0"
 __all__ = [
     "DepthRecurrentConfig", "DepthRecurrentForCausalLM", "DepthRecurrentModel",
     "ElitaConfig", "ElitaForCausalLM", "ElitaModel",
     "EvolvingConfig", "EvolvingForCausalLM", "EvolvingModel",
     "TripleProductConfig", "TripleProductForCausalLM", "TripleProductModel",
+    "VQLNMLPConfig", "VQLNMLPForPrediction", "VQLNMLPModel",
 ]

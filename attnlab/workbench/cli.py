@@ -6,10 +6,13 @@
     attnlab generate outputs/run --prompt "ROMEO:"
     attnlab tokenizer --files a.txt b.txt --vocab_size 4096 --output_dir my-tokenizer
     attnlab demo
+    attnlab train --model vqlnmlp --csv_file series.csv --column value     # time series: see timeseries.py
+    attnlab forecast outputs/vq --horizon 96
 """
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from .data import load_text_splits, pack_blocks, token_stream
 from .evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
 from ..tokenization_attnlab import token_byte_lengths, train_bpe_tokenizer
 from .training import TrainArgs, train
+from . import timeseries
 
 
 def train_command(args):
@@ -111,7 +115,9 @@ def build_parser() -> HfArgumentParser:
     parser = HfArgumentParser([], prog="attnlab", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("train", help="train a member or the llama baseline (accelerate launch works too)",
+    commands.add_parser("train", help="train a member or the llama baseline (accelerate launch works too); "
+                                      "--model vqlnmlp trains the time-series member (its options: attnlab train "
+                                      "--model vqlnmlp --help)",
                         dataclass_types=[TrainArgs]).set_defaults(func=train_command)
 
     evaluate = commands.add_parser("eval", help="loss, perplexity, bits/byte and accuracy of a saved model")
@@ -150,6 +156,8 @@ def build_parser() -> HfArgumentParser:
     tokenizer.add_argument("--output_dir", required=True, help="where to save the tokenizer")
     tokenizer.set_defaults(func=tokenizer_command)
 
+    timeseries.add_forecast_command(commands)
+
     demo = commands.add_parser("demo", help="train triple_product on Shakespeare for ~3 minutes, evaluate on held-out "
                                             "plays, generate, save a Hub-ready folder")
     demo.add_argument("--output_dir", default="outputs/demo", help="the demo's folder (replaced on each run)")
@@ -159,6 +167,9 @@ def build_parser() -> HfArgumentParser:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if timeseries.is_time_series_command(argv):  # train --model vqlnmlp, eval of a vqlnmlp folder
+        return timeseries.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
