@@ -1,5 +1,5 @@
-"""The registry of attnlab: every member (name -> classes, size presets, the tiny config the contract tests use), the
-hybrid stacks built from them, and the Llama baseline.
+"""The registry of attnlab: every causal LM member (name -> classes, size presets, the tiny config the contract tests
+use), the hybrid stacks built from them, the time-series members, and the Llama baseline.
 
 This is the one list: `attnlab/__init__.py` registers the members with the Auto classes from it, the CLI and the
 benchmarks take their choices from it, and the contract suite (tests/test_contract.py) runs over every entry of
@@ -14,10 +14,12 @@ from .configuration_depth_recurrent import DepthRecurrentConfig
 from .configuration_elita import ElitaConfig
 from .configuration_evolving import EvolvingConfig
 from .configuration_triple_product import TripleProductConfig
+from .configuration_vqlnmlp import VQLNMLPConfig
 from .modeling_depth_recurrent import DepthRecurrentForCausalLM, DepthRecurrentModel
 from .modeling_elita import ElitaForCausalLM, ElitaModel
 from .modeling_evolving import EvolvingForCausalLM, EvolvingModel
 from .modeling_triple_product import TripleProductForCausalLM, TripleProductModel
+from .modeling_vqlnmlp import VQLNMLPForPrediction, VQLNMLPModel
 
 # Width and depth per preset; every member and the baseline share them so comparisons are at equal shape.
 SIZE_PRESETS: dict[str, dict] = {
@@ -89,6 +91,21 @@ HYBRIDS: dict[str, Member] = {
         test_overrides={**MEMBERS[name].test_overrides, "mixer_types": [name, "attention"]}, attention_every=4,
     )
     for name in ("elita", "evolving")
+}
+
+
+@dataclass(frozen=True)
+class TimeSeriesMember:
+    """A forecaster: registered with AutoModelForTimeSeriesPrediction, trained by attnlab/workbench/timeseries.py."""
+
+    name: str
+    config_class: type[PreTrainedConfig]
+    model_class: type[PreTrainedModel]
+    prediction_class: type[PreTrainedModel]
+
+
+TIME_SERIES_MEMBERS: dict[str, TimeSeriesMember] = {
+    "vqlnmlp": TimeSeriesMember("vqlnmlp", VQLNMLPConfig, VQLNMLPModel, VQLNMLPForPrediction),
 }
 
 BASELINES: dict[str, Member] = {

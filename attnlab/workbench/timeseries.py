@@ -35,6 +35,7 @@ from transformers import HfArgumentParser
 from transformers.utils import logging as transformers_logging
 
 from ..configuration_vqlnmlp import VQLNMLPConfig
+from ..members import TIME_SERIES_MEMBERS
 from ..modeling_vqlnmlp import VQLNMLPForPrediction
 from .training import (
     CHECKPOINT_PREFIX,
@@ -47,7 +48,6 @@ from .training import (
     save_checkpoint,
 )
 
-TIME_SERIES_MODELS = {"vqlnmlp": (VQLNMLPConfig, VQLNMLPForPrediction)}
 DEFAULT_SERIES = "formaldehyde_y+w.csv"   # the seed's training series (733 points, every 2 minutes for 24.4 h)
 TRANSFER_SERIES = "formaldehyde_w+y.csv"  # the second experiment (728 points), the seed's transfer test
 
@@ -339,9 +339,9 @@ RESUME_KEYS = ("model", "csv_file", "column", "split", "validation_fraction", "c
 
 
 def build_config(args: TimeSeriesTrainArgs, split: SeriesSplit, channels: int) -> VQLNMLPConfig:
-    if args.model not in TIME_SERIES_MODELS:
-        raise ValueError(f"unknown time-series model {args.model!r}; choose one of {sorted(TIME_SERIES_MODELS)}")
-    config_class = TIME_SERIES_MODELS[args.model][0]
+    if args.model not in TIME_SERIES_MEMBERS:
+        raise ValueError(f"unknown time-series model {args.model!r}; choose one of {sorted(TIME_SERIES_MEMBERS)}")
+    config_class = TIME_SERIES_MEMBERS[args.model].config_class
     overrides = parse_overrides(args.config_overrides)
     unknown = sorted(set(overrides) - set(config_class().to_dict()))
     if unknown:
@@ -385,7 +385,7 @@ def train_timeseries(args: TimeSeriesTrainArgs, progress: bool = True,
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     config = build_config(args, split, series.shape[1])
-    model = TIME_SERIES_MODELS[args.model][1](config)
+    model = TIME_SERIES_MEMBERS[args.model].prediction_class(config)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
     loader = DataLoader(TensorDataset(split.train.inputs, split.train.targets), batch_size=args.batch_size,
                         shuffle=True)
@@ -500,9 +500,9 @@ def load_forecaster_folder(folder: str | Path) -> VQLNMLPForPrediction:
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} has no config.json; pass a folder saved by attnlab train --model vqlnmlp")
     model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type not in TIME_SERIES_MODELS:
+    if model_type not in TIME_SERIES_MEMBERS:
         raise ValueError(f"{folder} holds a {model_type!r} model, not a time-series member")
-    return TIME_SERIES_MODELS[model_type][1].from_pretrained(folder).eval()
+    return TIME_SERIES_MEMBERS[model_type].prediction_class.from_pretrained(folder).eval()
 
 
 def training_args_of(folder: str | Path) -> dict:
@@ -616,14 +616,14 @@ def is_time_series_command(argv: list[str]) -> bool:
     if argv[0] == "train":
         for index, item in enumerate(argv):
             if item == "--model" and index + 1 < len(argv):
-                return argv[index + 1] in TIME_SERIES_MODELS
+                return argv[index + 1] in TIME_SERIES_MEMBERS
             if item.startswith("--model="):
-                return item.partition("=")[2] in TIME_SERIES_MODELS
+                return item.partition("=")[2] in TIME_SERIES_MEMBERS
         return False
     if argv[0] == "eval" and len(argv) > 1:
         config = Path(argv[1]) / "config.json"
         try:
-            return json.loads(config.read_text()).get("model_type") in TIME_SERIES_MODELS
+            return json.loads(config.read_text()).get("model_type") in TIME_SERIES_MEMBERS
         except (OSError, ValueError):
             return False
     return False
