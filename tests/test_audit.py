@@ -31,4 +31,4 @@ def test_audit_command_on_a_saved_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         main([str(tmp_path)])
     assert exit.value.code == 0
-    assert capsys.readouterr().out.count("PASS") == 7
+    assert capsys.readouterr().out.count("PASS") == 9

@@ -9,7 +9,7 @@
 """
 
 import json
-import shutil
+import logging
 import time
 from pathlib import Path
 
@@ -19,9 +19,13 @@ import transformers
 from transformers import HfArgumentParser
 
 from .data import load_text_splits, pack_blocks, token_stream
+from . import audit
 from .evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
+from .hub import publish
 from ..tokenization_attnlab import token_byte_lengths, train_bpe_tokenizer
-from .training import TrainArgs, train
+from .training import METRICS_FILE, TrainArgs, train
+
+logger = logging.getLogger(__name__)
 
 
 def train_command(args):
@@ -32,7 +36,7 @@ def train_command(args):
 
 
 def eval_command(args):
-    model, tokenizer = load_model_and_tokenizer(args.folder, args.tokenizer)
+    model, tokenizer = load_model_and_tokenizer(args.folder, args.tokenizer, args.trust_remote_code)
     # Given --files, score those files; otherwise the held-out split of the default text (Shakespeare's plays).
     splits = load_text_splits(train_files=args.files, validation_files=args.files, dataset_name=args.dataset_name,
                               dataset_config=args.dataset_config, text_column=args.text_column)
@@ -43,7 +47,7 @@ def eval_command(args):
         result = evaluate_sliding_window(model, tokens, byte_lengths, args.window, args.stride or args.window // 2,
                                          batch_size=args.batch_size)
     else:
-        blocks = pack_blocks(text, tokenizer, args.block_size, text_column=args.text_column)
+        blocks = pack_blocks(text, tokenizer, args.block_size, text_column=args.text_column, split=args.split)
         result = evaluate_blocks(model, blocks, byte_lengths, args.batch_size, max_blocks=args.max_blocks)
     print(result)
     if args.output_json:
@@ -51,18 +55,39 @@ def eval_command(args):
 
 
 def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 200, seed: int = 0, **generate_kwargs) -> str:
+    """The prompt and its continuation. An empty prompt starts from bos (as the pipeline does); a length past the
+    model's max_position_embeddings is cut to fit, with a warning, before anything is generated."""
     torch.manual_seed(seed)
     input_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    output = model.generate(input_ids, max_new_tokens=max_new_tokens, **generate_kwargs)
+    if input_ids.shape[1] == 0:
+        if tokenizer.bos_token_id is None:
+            raise ValueError("the prompt is empty and the tokenizer has no bos token to start from; pass --prompt")
+        input_ids = torch.tensor([[tokenizer.bos_token_id]])
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
+        if input_ids.shape[1] >= limit:
+            raise ValueError(f"the prompt has {input_ids.shape[1]} tokens, the model's max_position_embeddings "
+                             f"({limit}) leaves no room to generate; shorten the prompt")
+        fitting = limit - input_ids.shape[1]
+        logger.warning("generating %d tokens instead of %d: the prompt's %d tokens and the new ones must fit in the "
+                       "model's max_position_embeddings (%d)", fitting, max_new_tokens, input_ids.shape[1], limit)
+        max_new_tokens = fitting
+    output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+                            **generate_kwargs)
     return tokenizer.decode(output[0], skip_special_tokens=True)
 
 
 def generate_command(args):
-    model, tokenizer = load_model_and_tokenizer(args.folder, args.tokenizer)
+    model, tokenizer = load_model_and_tokenizer(args.folder, args.tokenizer, args.trust_remote_code)
     sampling = {} if args.greedy else dict(do_sample=True, temperature=args.temperature, top_k=args.top_k,
                                            top_p=args.top_p)
     print(generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.seed,
                         repetition_penalty=args.repetition_penalty, **sampling))
+
+
+def push_command(args):
+    url = publish(args.folder, args.repo_id, private=args.private, revision=args.revision)
+    print(f"uploaded {Path(args.folder).resolve()} to {args.repo_id}: {url}")
 
 
 def tokenizer_command(args):
@@ -83,18 +108,21 @@ def demo_command(args):
     datasets.disable_progress_bars()  # keep the output to the training bar and the results
     transformers.utils.logging.disable_progress_bar()
     output_dir = Path(args.output_dir)
-    shutil.rmtree(output_dir, ignore_errors=True)  # the demo's own folder: each run starts afresh
-    print(f"Training triple_product (tiny) on Shakespeare with the byte tokenizer; whole plays are held out.")
-    metrics = train(TrainArgs(**DEMO_ARGS, output_dir=str(output_dir)))
+    earlier_demo = check_demo_folder(output_dir)
+    demo = TrainArgs(**DEMO_ARGS, output_dir=str(output_dir), overwrite_output_dir=earlier_demo)
+    print(f"Training {demo.model} on Shakespeare with the byte tokenizer; whole plays are held out.")
+    metrics = train(demo)
+    metrics["demo"] = True  # marks the folder as the demo's own, which the next demo may replace
+    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
     final = metrics["final_eval"]
-    print(f"\nHeld-out plays ({final['tokens']:,} tokens): loss {final['loss']:.3f} nats/token | "
+    print(f"\nHeld-out plays ({final['tokens']:,} tokens): loss {final['loss']:.3f} nats/byte | "
           f"bits/byte {final['bits_per_byte']:.3f} | next-byte accuracy {final['accuracy']:.1%}")
     model, tokenizer = load_model_and_tokenizer(output_dir)
     sample = generate_text(model, tokenizer, args.prompt, max_new_tokens=300, do_sample=True, temperature=0.8,
                            top_k=40)
     print(f"\nSample (temperature 0.8, top-k 40):\n{sample}\n")
-    print(f"Saved a Hub-ready folder (weights, modeling code, tokenizer, model card, metrics.json) to "
-          f"{output_dir.resolve()}\nLoad it anywhere, without attnlab installed:\n"
+    print(f"Saved a Hub-ready folder (weights, modeling code, tokenizer, model card, metrics.json, loss_curve.png) "
+          f"to {output_dir.resolve()}\nLoad it anywhere, without attnlab installed:\n"
           f"    from transformers import pipeline\n"
           f"    generator = pipeline('text-generation', model='{output_dir}', trust_remote_code=True)\n"
           f"    print(generator('ROMEO:', max_new_tokens=100)[0]['generated_text'])\n"
@@ -102,9 +130,26 @@ def demo_command(args):
           f"{metrics['train_seconds']:.0f} s of training).")
 
 
+def check_demo_folder(output_dir: Path) -> bool:
+    """Whether `output_dir` holds an earlier demo's output (which the demo replaces); refuses any other non-empty
+    folder, which the demo must not touch."""
+    if not output_dir.exists() or (output_dir.is_dir() and not any(output_dir.iterdir())):
+        return False
+    try:
+        if json.loads((output_dir / METRICS_FILE).read_text()).get("demo") is True:
+            return True
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise ValueError(f"--output_dir {output_dir} is not empty and is not an earlier demo's output; the demo replaces "
+                     f"its folder, so choose an empty or new --output_dir")
+
+
 def _add_model_arguments(parser):
-    parser.add_argument("folder", help="a folder saved by attnlab train (or any causal LM folder)")
+    parser.add_argument("folder", help="a folder saved by attnlab train (or any causal LM folder or Hub model)")
     parser.add_argument("--tokenizer", default=None, help="'bytes' or a tokenizer folder (default: the model folder's)")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="run the modeling code a folder of another library's model ships (attnlab's own members "
+                             "need no remote code)")
 
 
 def build_parser() -> HfArgumentParser:
@@ -120,7 +165,7 @@ def build_parser() -> HfArgumentParser:
     evaluate.add_argument("--dataset_name", default=None, help="a datasets Hub dataset instead of files")
     evaluate.add_argument("--dataset_config", default=None, help="the dataset's configuration name")
     evaluate.add_argument("--text_column", default="text", help="the column holding the text")
-    evaluate.add_argument("--split", default="validation", help="which split to score: validation or train")
+    evaluate.add_argument("--split", default="validation", choices=["validation", "train"], help="which split to score")
     evaluate.add_argument("--block_size", type=int, default=256, help="tokens per packed block")
     evaluate.add_argument("--max_blocks", type=int, default=None, help="score only the first N blocks")
     evaluate.add_argument("--window", type=int, default=None, help="sliding-window evaluation with this window")
@@ -150,9 +195,21 @@ def build_parser() -> HfArgumentParser:
     tokenizer.add_argument("--output_dir", required=True, help="where to save the tokenizer")
     tokenizer.set_defaults(func=tokenizer_command)
 
+    push = commands.add_parser("push", help="check a saved folder loads as remote code and upload it to the Hub")
+    push.add_argument("folder", help="a folder saved by attnlab train or save_pretrained")
+    push.add_argument("repo_id", help="the Hub repository, owner/name (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--revision", default=None, help="upload to this branch (created if missing) instead of main")
+    push.set_defaults(func=push_command)
+
+    audit_parser = commands.add_parser("audit", help="check a model for causality and cache consistency")
+    audit.add_arguments(audit_parser)
+    audit_parser.set_defaults(func=audit.run)
+
     demo = commands.add_parser("demo", help="train triple_product on Shakespeare for ~3 minutes, evaluate on held-out "
                                             "plays, generate, save a Hub-ready folder")
-    demo.add_argument("--output_dir", default="outputs/demo", help="the demo's folder (replaced on each run)")
+    demo.add_argument("--output_dir", default="outputs/demo",
+                      help="the demo's folder: new, empty, or an earlier demo's (which is replaced)")
     demo.add_argument("--prompt", default="ROMEO:\n", help="the prompt of the printed sample")
     demo.set_defaults(func=demo_command)
     return parser
@@ -164,7 +221,7 @@ def main(argv=None):
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as error:  # bad input: one line naming the problem, not a traceback
-        parser.exit(2, f"attnlab {args.command}: error: {error}\n")
+        parser.exit(2, f"attnlab {args.command}: error: {' '.join(str(error).split())}\n")
 
 
 if __name__ == "__main__":
