@@ -50,9 +50,8 @@ def load_pretrained(name_or_path: str, trust_remote_code: bool = False, **kwargs
 
 def load_hub_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """A model folder's or Hub repo's own tokenizer, with the same one-line errors as `load_pretrained`."""
-    if os.path.isdir(name_or_path):
-        return load_tokenizer(name_or_path)
-    _check_model_source(name_or_path)
+    if not os.path.isdir(name_or_path):
+        _check_model_source(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:

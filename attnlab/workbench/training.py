@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainArgs:
-    """Everything a training run depends on; `attnlab train` exposes each field as `--name`."""
+    """Everything a training run depends on; `attnlab train` exposes each field as an option of the same name."""
 
     model: str = field(default="triple_product", metadata={"help": "member name (triple_product, evolving, elita) or "
                                                                    "the baseline 'llama'"})
@@ -116,6 +116,10 @@ _NUMERIC_BOUNDS = {
 }
 
 
+# accelerate runs fp16 on a CPU as plain fp32, while the run would record fp16.
+FP16_ON_CPU = ValueError("--mixed_precision fp16 needs a GPU; on CPU use bf16 (where the CPU supports it) or no")
+
+
 def check_args(args: TrainArgs):
     """Raise ValueError naming the first option with an impossible value (e.g. --max_steps 0 would never end)."""
     for name, (low, inclusive, optional) in _NUMERIC_BOUNDS.items():
@@ -133,6 +137,8 @@ def check_args(args: TrainArgs):
     if args.init_from is not None and (args.config_file is not None or args.config_overrides):
         raise ValueError("--init_from continues a trained model with its own config; --config_file and "
                          "--config_overrides cannot change it (train from scratch to use them)")
+    if args.mixed_precision == "fp16" and not torch.accelerator.is_available():
+        raise FP16_ON_CPU
     if args.resume and args.overwrite_output_dir:
         raise ValueError("--resume continues the run in output_dir and --overwrite_output_dir deletes it; pass one")
 
@@ -217,8 +223,9 @@ def build_config(model: str, preset: str, tokenizer, block_size: int, config_ove
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     for key in sorted(set(overrides) & set(vocabulary)):
         if overrides[key] != vocabulary[key]:
-            raise ValueError(f"--config_overrides {key}={overrides[key]!r}: {key} comes from the tokenizer "
-                             f"({vocabulary[key]!r} for --tokenizer); train a tokenizer of that size instead")
+            raise ValueError(f"--config_overrides {key}={overrides[key]!r}: {key} comes from --tokenizer (which gives "
+                             f"{key}={vocabulary[key]!r}); for another vocabulary train a tokenizer with "
+                             f"`attnlab tokenizer --vocab_size N` and pass it with --tokenizer")
     if config_file is not None:
         file_values = read_config_file(config_file, member)
         for key in sorted(set(file_values) & set(vocabulary)):
@@ -411,9 +418,8 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
         # Shuffling seeded by (seed, epoch), so a resumed run sees the same batches in the same order.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
-    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        # accelerate runs fp16 on CPU as plain fp32 while the run would record fp16.
-        raise ValueError("--mixed_precision fp16 needs a GPU; on CPU use bf16 (where the CPU supports it) or no")
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":  # fp16 from the launcher
+        raise FP16_ON_CPU
     # The tokenizer as resolved (the --init_from model's own by default) and the launcher's mixed precision, so the
     # metrics and the resume check record what actually ran.
     args = replace(args, mixed_precision=accelerator.mixed_precision,
