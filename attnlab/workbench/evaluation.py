@@ -154,9 +154,17 @@ def evaluate_blocks(model, blocks, byte_lengths: torch.Tensor, batch_size: int =
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.double, device=device)
-    for batch in loader:
-        input_ids = batch["input_ids"].to(device)
-        totals += score_targets(model(input_ids=input_ids, use_cache=False).logits, input_ids, byte_lengths).sum(0)
+    batches = list(loader)
+    num_forwards = len(batches)
+    if accelerator is not None and accelerator.num_processes > 1 and accelerator.distributed_type == "FSDP":
+        # A sharded model gathers its weights collectively in every forward: each process runs as many forwards as
+        # the busiest one, the extra ones on a batch it already scored, not counted.
+        num_forwards = int(accelerator.reduce(torch.tensor(num_forwards, device=device), reduction="max").item())
+    for index in range(num_forwards):
+        input_ids = batches[min(index, len(batches) - 1)]["input_ids"].to(device)
+        scores = score_targets(model(input_ids=input_ids, use_cache=False).logits, input_ids, byte_lengths).sum(0)
+        if index < len(batches):
+            totals += scores
     if accelerator is not None:
         totals = accelerator.reduce(totals, reduction="sum")
     model.train(was_training)

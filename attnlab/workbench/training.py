@@ -20,7 +20,7 @@ from typing import Callable, Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from huggingface_hub.errors import StrictDataclassError
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -544,10 +544,20 @@ def save_model(accelerator: Accelerator, model, tokenizer, output_dir: Path, met
     metrics.json, which also lists every file the run wrote (what --overwrite_output_dir deletes)."""
     accelerator.wait_for_everyone()
     before = _file_stamps(output_dir)
-    # get_state_dict gathers the full weights where FSDP or DeepSpeed ZeRO-3 shard them.
-    accelerator.unwrap_model(model).save_pretrained(output_dir, is_main_process=accelerator.is_main_process,
-                                                    save_function=accelerator.save,
-                                                    state_dict=accelerator.get_state_dict(model))
+    # get_state_dict gathers the full weights where FSDP or DeepSpeed ZeRO-3 shard them (on the main process).
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        # FSDP2 swaps the model's class for a subclass generated in torch's own module, and save_pretrained would
+        # ship torch's files as the remote code: a plain model of the same config takes the gathered weights.
+        if accelerator.is_main_process:
+            plain = AutoModelForCausalLM.from_config(unwrapped.config)
+            plain.load_state_dict(state_dict)
+            plain.generation_config = unwrapped.generation_config
+            plain.save_pretrained(output_dir)
+    else:
+        unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process,
+                                  save_function=accelerator.save, state_dict=state_dict)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
         config = json.loads((output_dir / "config.json").read_text())
