@@ -370,3 +370,11 @@ def test_trust_remote_code_for_other_libraries_folders(trained, tmp_path, capsys
     main(["eval", str(folder), "--trust_remote_code", "--files", str(tmp_path / "text.txt"), "--block_size", "16",
           "--max_blocks", "2"])
     assert "bits/byte" in capsys.readouterr().out
+
+
+def test_demo_helpers():
+    assert cli.real_word_share("And with thee heart reeven, coull!") == pytest.approx(4 / 6)
+    tiny = replace(TrainArgs(**cli.DEMO_ARGS), block_size=16, batch_size=2,
+                   config_overrides=["hidden_size=32", "intermediate_size=64"])
+    assert cli.fastest_num_threads(tiny) in (1, 2)
+    assert len(shakespeare_text()) > 0 and cli.DEMO_SAMPLE_TOKENS + len("ROMEO:\n") <= cli.DEMO_ARGS["block_size"]

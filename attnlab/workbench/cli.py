@@ -10,20 +10,23 @@
 
 import json
 import logging
+import os
+import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import datasets
 import torch
 import transformers
-from transformers import HfArgumentParser
+from transformers import AutoModelForCausalLM, HfArgumentParser
 
 from .data import load_text_splits, pack_blocks, token_stream
 from . import audit
 from .evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
 from .hub import publish
-from ..tokenization_attnlab import token_byte_lengths, train_bpe_tokenizer
-from .training import METRICS_FILE, TrainArgs, train
+from ..tokenization_attnlab import byte_tokenizer, token_byte_lengths, train_bpe_tokenizer
+from .training import METRICS_FILE, TrainArgs, build_config, train
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +105,11 @@ def tokenizer_command(args):
 # do not carry past the trained length and the sample is 240 bytes. 400 steps of 4,096 tokens at a peak learning
 # rate of 4e-3 reach about 1.86 nats/byte held-out. One thread: on a 2-core machine shared with other jobs, two
 # threads made a step several times slower. The time limit stops (and still evaluates and saves) a run on a machine
-# far slower than the one measured.
+# far slower than the one measured. The number of threads is measured at the start (see fastest_num_threads).
 DEMO_ARGS = dict(model="evolving", preset="tiny", block_size=256, batch_size=16, max_steps=400, learning_rate=4e-3,
                  config_overrides=["hidden_size=128", "intermediate_size=512", "num_hidden_layers=4",
                                    "num_attention_heads=4"],
-                 eval_every=100, eval_blocks=32, save_every=0, time_limit=420.0, num_threads=1)
+                 eval_every=100, eval_blocks=32, save_every=0, time_limit=420.0)
 DEMO_SAMPLE_TOKENS = 240  # with the prompt, within the 256 positions the demo model trains on
 
 
@@ -117,17 +120,21 @@ def demo_command(args):
     output_dir = Path(args.output_dir)
     earlier_demo = check_demo_folder(output_dir)
     demo = TrainArgs(**DEMO_ARGS, output_dir=str(output_dir), overwrite_output_dir=earlier_demo)
-    print(f"Training {demo.model} on Shakespeare with the byte tokenizer; whole plays are held out.")
-    metrics = train(demo)
-    metrics["demo"] = True  # marks the folder as the demo's own, which the next demo may replace
-    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+    threads = fastest_num_threads(demo)
+    print(f"Training {demo.model} on Shakespeare with the byte tokenizer on {threads} thread(s); whole plays are held "
+          f"out.")
+    metrics = train(replace(demo, num_threads=threads))
     final = metrics["final_eval"]
     print(f"\nHeld-out plays ({final['tokens']:,} tokens): loss {final['loss']:.3f} nats/byte | "
           f"bits/byte {final['bits_per_byte']:.3f} | next-byte accuracy {final['accuracy']:.1%}")
     model, tokenizer = load_model_and_tokenizer(output_dir)
     sample = generate_text(model, tokenizer, args.prompt, max_new_tokens=DEMO_SAMPLE_TOKENS, do_sample=True,
                            temperature=0.8, top_k=40)
-    print(f"\nSample (temperature 0.8, top-k 40):\n{sample}\n")
+    known = real_word_share(sample[len(args.prompt):])
+    print(f"\nSample (temperature 0.8, top-k 40; {known:.0%} of its words occur in the training plays):\n{sample}\n")
+    # The sample, and the mark that makes the folder the demo's own (which the next demo may replace).
+    metrics.update(demo=True, sample=sample, sample_real_word_share=known)
+    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
     print(f"Saved a Hub-ready folder (weights, modeling code, tokenizer, model card, metrics.json, loss_curve.png) "
           f"to {output_dir.resolve()}\nLoad it anywhere, without attnlab installed:\n"
           f"    from transformers import pipeline\n"
@@ -135,6 +142,50 @@ def demo_command(args):
           f"    print(generator('ROMEO:', max_new_tokens=100)[0]['generated_text'])\n"
           f"Demo took {time.perf_counter() - start:.0f} s ({metrics['steps']} training steps, "
           f"{metrics['train_seconds']:.0f} s of training).")
+
+
+def fastest_num_threads(args: TrainArgs) -> int:
+    """1 or 2 threads, whichever trains the demo's model faster right now (two steps each on a throwaway copy).
+
+    On an idle 2-core machine two threads are faster; on one shared with other jobs a step with two threads was
+    several times slower than with one. Which holds is only known by measuring.
+    """
+    if len(os.sched_getaffinity(0)) < 2:
+        return 1
+    tokenizer = byte_tokenizer()
+    config = build_config(args.model, args.preset, tokenizer, args.block_size, args.config_overrides)
+    model = AutoModelForCausalLM.from_config(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
+    ids = torch.randint(0, 256, (args.batch_size, args.block_size), generator=torch.Generator().manual_seed(0))
+
+    def step_seconds() -> float:
+        start = time.perf_counter()
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return time.perf_counter() - start
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        step_seconds()  # warm-up
+        one = step_seconds()
+        torch.set_num_threads(2)
+        first = step_seconds()
+        # Far slower already (a busy machine): no second step; else the better of the two, warm-up included.
+        two = first if first > 2 * one else min(first, step_seconds())
+    finally:
+        torch.set_num_threads(before)
+    return 2 if two < one else 1
+
+
+def real_word_share(text: str) -> float:
+    """The share of the words of `text` that occur in the training plays (a rough "real words" score)."""
+    words = re.findall(r"[a-z']+", text.lower())
+    if not words:
+        return 0.0
+    vocabulary = set(re.findall(r"[a-z']+", " ".join(load_text_splits()["train"]["text"]).lower()))
+    return sum(word in vocabulary for word in words) / len(words)
 
 
 def check_demo_folder(output_dir: Path) -> bool:
