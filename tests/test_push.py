@@ -141,3 +141,23 @@ def test_a_pushed_folder_loads_from_the_hub_cache_offline(folder, tmp_path):
     result = subprocess.run([sys.executable, "-c", DOWNLOADING_USER], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0 and "downloaded-ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_init_from_a_hub_name(folder, tmp_path):
+    """`attnlab train --init_from owner/name` fine-tunes a downloaded model, with its own tokenizer by default."""
+    cache = tmp_path / "hf-cache"
+    _write_hub_cache(folder, cache, "me/tiny-tp")
+    (tmp_path / "train.txt").write_text("To be, or not to be, that is the question.\n\n" * 40)
+    (tmp_path / "valid.txt").write_text("Whether 'tis nobler in the mind to suffer.\n\n" * 10)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "attnlab", "train", "--init_from", "me/tiny-tp", "--block_size", "32",
+               "--batch_size", "2", "--max_steps", "2", "--eval_every", "0", "--save_every", "0", "--num_threads", "1",
+               "--train_files", str(tmp_path / "train.txt"), "--validation_files", str(tmp_path / "valid.txt"),
+               "--output_dir", str(tmp_path / "finetuned")]
+    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "finetuned" / "metrics.json").read_text())
+    assert metrics["model"] == "triple_product" and metrics["args"]["init_from"] == "me/tiny-tp"
+    assert metrics["parameters"] == sum(p.numel() for p in MEMBERS["triple_product"].causal_lm_class(
+        MEMBERS["triple_product"].test_config(vocab_size=259)).parameters())
