@@ -1,11 +1,17 @@
-"""attnlab command line: train, evaluate, generate, train a tokenizer, and the README's demo.
+"""attnlab command line: train, evaluate, generate, train a tokenizer, publish, audit, and the README's demo.
 
     attnlab train --model triple_product --preset tiny --max_steps 500     # any option of TrainArgs
+    attnlab train --init_from outputs/run --train_files mine.txt ...      # continue / fine-tune a saved model
     attnlab eval outputs/run                                              # held-out Shakespeare, packed blocks
     attnlab eval outputs/run --window 512 --stride 256                    # sliding window
     attnlab generate outputs/run --prompt "ROMEO:"
     attnlab tokenizer --files a.txt b.txt --vocab_size 4096 --output_dir my-tokenizer
+    attnlab push outputs/run your-name/my-model                           # check, write the card, upload
+    attnlab audit outputs/run                                             # causality and cache checks (--json)
     attnlab demo
+
+Bad input (a wrong option value, a missing or corrupt file, an unreachable Hub) ends with one line naming the
+problem, never a traceback.
 """
 
 import json
@@ -21,8 +27,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, HfArgumentParser
 
-from .data import load_text_splits, pack_blocks, token_stream
 from . import audit
+from .data import load_text_splits, pack_blocks, token_stream
 from .evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
 from .hub import publish
 from ..tokenization_attnlab import byte_tokenizer, token_byte_lengths, train_bpe_tokenizer
