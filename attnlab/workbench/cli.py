@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from transformers import AutoModelForCausalLM, HfArgumentParser
 from . import audit
 from .data import load_text_splits, pack_blocks, token_stream
 from .evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
-from .hub import publish
+from .hub import CHECKPOINT_PREFIX, publish
 from ..tokenization_attnlab import byte_tokenizer, token_byte_lengths, train_bpe_tokenizer
 from .training import METRICS_FILE, TrainArgs, build_config, train
 
@@ -110,12 +111,13 @@ def tokenizer_command(args):
 # second here, at width 128 and 4 layers (1.08M parameters), on blocks of 256 bytes, since its sine position terms
 # do not carry past the trained length and the sample is 240 bytes. 400 steps of 4,096 tokens at a peak learning
 # rate of 4e-3 reach about 1.86 nats/byte held-out. One thread: on a 2-core machine shared with other jobs, two
-# threads made a step several times slower. The time limit stops (and still evaluates and saves) a run on a machine
-# far slower than the one measured. The number of threads is measured at the start (see fastest_num_threads).
+# threads made a step several times slower. The number of threads is measured at the start (fastest_num_threads).
+# The time limit keeps `make demo` near 5 minutes on a slower or busy machine: training stops there (late in the
+# schedule, where the learning rate is low) and the demo evaluates and saves as usual.
 DEMO_ARGS = dict(model="evolving", preset="tiny", block_size=256, batch_size=16, max_steps=400, learning_rate=4e-3,
                  config_overrides=["hidden_size=128", "intermediate_size=512", "num_hidden_layers=4",
                                    "num_attention_heads=4"],
-                 eval_every=100, eval_blocks=32, save_every=0, time_limit=420.0)
+                 eval_every=100, eval_blocks=32, save_every=0, time_limit=210.0)
 DEMO_SAMPLE_TOKENS = 240  # with the prompt, within the 256 positions the demo model trains on
 
 
@@ -130,6 +132,11 @@ def demo_command(args):
     print(f"Training {demo.model} on Shakespeare with the byte tokenizer on {threads} thread(s); whole plays are held "
           f"out.")
     metrics = train(replace(demo, num_threads=threads))
+    for checkpoint in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):  # a time-limited run's: the demo is not resumed
+        shutil.rmtree(checkpoint)
+    if metrics["steps"] < demo.max_steps:
+        print(f"(the demo's time limit stopped training at step {metrics['steps']} of {demo.max_steps}: this machine "
+              f"is slower or busier than the one the demo was sized on)")
     final = metrics["final_eval"]
     print(f"\nHeld-out plays ({final['tokens']:,} tokens): loss {final['loss']:.3f} nats/byte | "
           f"bits/byte {final['bits_per_byte']:.3f} | next-byte accuracy {final['accuracy']:.1%}")
