@@ -47,8 +47,9 @@ def _byte_level_tokenizer(merges: list[tuple[str, str]], split_words: bool,
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens(list(SPECIAL_TOKENS.values()))
     # clean_up_tokenization_spaces would turn " ." into "." on decode, so it stays off for a lossless round trip.
+    # Padding on the left, the decoder-only convention: a batch of prompts padded by hand generates correctly.
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length,
-                                   clean_up_tokenization_spaces=False, **SPECIAL_TOKENS)
+                                   clean_up_tokenization_spaces=False, padding_side="left", **SPECIAL_TOKENS)
 
 
 def byte_tokenizer(model_max_length: int = 1_000_000) -> PreTrainedTokenizerFast:
@@ -98,7 +99,7 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerFast:
         backend = Tokenizer.from_file(name_or_path)
         specials = {key: token for key, token in SPECIAL_TOKENS.items() if backend.token_to_id(token) is not None}
         return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False,
-                                       model_max_length=1_000_000, **specials)
+                                       model_max_length=1_000_000, padding_side="left", **specials)
     if os.path.isdir(name_or_path):
         return AutoTokenizer.from_pretrained(name_or_path)
     raise FileNotFoundError(f"tokenizer not found: {name_or_path!r}; pass 'bytes', a folder written by "

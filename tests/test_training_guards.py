@@ -143,10 +143,10 @@ RESUME_CHANGES = dict(
     tokenizer="other-tokenizer", train_files=["other.txt"], dataset_name="wikitext", dataset_config="raw",
     text_column="content", block_size=16, batch_size=2, gradient_accumulation_steps=2, max_steps=7,
     learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.2, max_grad_norm=0.5, mixed_precision="bf16", seed=1,
-    optimizer="muon",
+    optimizer="muon", validation_files=["other-valid.txt"], gradient_checkpointing=True, init_from="other-model",
 )
-MAY_CHANGE = {"validation_files", "gradient_checkpointing", "eval_every", "eval_blocks", "final_eval_blocks",
-              "save_every", "time_limit", "output_dir", "resume", "num_threads"}
+MAY_CHANGE = {"eval_every", "eval_blocks", "final_eval_blocks", "save_every", "time_limit", "output_dir", "resume",
+              "overwrite_output_dir", "num_threads"}
 
 
 def test_resume_refuses_a_change_to_any_option_that_shapes_the_run(args):
@@ -159,10 +159,10 @@ def test_resume_refuses_a_change_to_any_option_that_shapes_the_run(args):
     for key, value in RESUME_CHANGES.items():
         assert getattr(args, key) != value, key
         with pytest.raises(ValueError, match=f"trained with {key}=.*this run has {key}="):
-            resume_state(replace(args, **{key: value}), accelerator)
+            resume_state(replace(args, **{key: value}), accelerator, config={})
     (checkpoint / TRAINER_STATE).write_text(json.dumps(dict(step=1, args=asdict(args), num_processes=2)))
     with pytest.raises(ValueError, match="num_processes=2.*num_processes=1"):
-        resume_state(args, accelerator)
+        resume_state(args, accelerator, config={})
 
 
 def test_resume_restores_the_random_state(args):

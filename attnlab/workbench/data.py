@@ -5,6 +5,7 @@ Validation never shares a document with training: either it comes from its own f
 tail of the documents (Shakespeare: whole held-out plays). Documents are joined with the tokenizer's eos.
 """
 
+import codecs
 import functools
 import gzip
 import logging
@@ -19,6 +20,7 @@ import torch
 from datasets import Dataset, DatasetDict, load_dataset
 from transformers import PreTrainedTokenizerBase
 
+from .hub import hub_unreachable
 from ..tokenization_attnlab import existing_files
 
 logger = logging.getLogger(__name__)
@@ -104,12 +106,42 @@ def _load_files(train_files, validation_files) -> DatasetDict:
     if len(builders) > 1:
         raise ValueError(f"data files mix formats ({', '.join(sorted(builders))}); convert them to one format")
     builder = builders.pop()
+    if builder in ("text", "json", "csv"):
+        for path in sum(data_files.values(), []):
+            check_utf8(path)
     options = {"sample_by": "paragraph"} if builder == "text" else {}
     return load_dataset(builder, data_files=data_files, **options)
 
 
+def check_utf8(path: str, chunk_size: int = 1 << 20):
+    """Raise ValueError naming the file and the byte offset of the first bytes that are not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as file:
+        while True:
+            chunk = file.read(chunk_size)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as error:
+                # error.start counts from the bytes the decoder still held back from the previous chunk.
+                position = offset - len(decoder.getstate()[0]) + error.start
+                raise ValueError(f"{path} is not UTF-8 text: byte {position} (0x{error.object[error.start]:02x}) "
+                                 f"cannot be decoded; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+            if not chunk:
+                return
+            offset += len(chunk)
+
+
 def _load_hub(dataset_name: str, dataset_config: str | None) -> DatasetDict:
-    splits = load_dataset(dataset_name, dataset_config)
+    if not os.path.exists(dataset_name):
+        unreachable = hub_unreachable(dataset_name, repo_type="dataset")
+        if unreachable:
+            raise ValueError(f"--dataset_name {dataset_name}: not a local folder, and {unreachable}")
+    try:
+        splits = load_dataset(dataset_name, dataset_config)
+    except (OSError, ValueError) as error:  # ConnectionError, DatasetNotFoundError, a bad config name, ...
+        message = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ValueError(f"--dataset_name {dataset_name}: {message}") from None
     if "train" not in splits:
         raise ValueError(f"dataset {dataset_name!r} has no 'train' split (it has {sorted(splits)})")
     return DatasetDict({name: splits[name] for name in ("train", "validation") if name in splits})
@@ -118,7 +150,7 @@ def _load_hub(dataset_name: str, dataset_config: str | None) -> DatasetDict:
 def _drop_blank(dataset: Dataset, text_column: str, split: str) -> Dataset:
     if text_column not in dataset.column_names:
         raise ValueError(f"the {split} data has no column {text_column!r} (it has {dataset.column_names}); "
-                         f"pass text_column=")
+                         f"pass --text_column")
     dataset = dataset.filter(lambda texts: [bool(text and text.strip()) for text in texts],
                              input_columns=text_column, batched=True)
     if len(dataset) == 0:
@@ -130,9 +162,9 @@ def _hold_out_tail(dataset: Dataset, validation_fraction: float) -> DatasetDict:
     """The last documents as validation, so the two splits share no document (and, for ordered data, no era)."""
     num_validation = round(len(dataset) * validation_fraction)
     if num_validation == 0 or num_validation == len(dataset):
-        raise ValueError(f"holding out {validation_fraction:.0%} of {len(dataset)} documents leaves "
-                         f"{'validation' if num_validation == 0 else 'train'} empty; pass validation files or "
-                         f"change validation_fraction")
+        raise ValueError(f"holding out {validation_fraction:.0%} of the {len(dataset)} training documents leaves "
+                         f"{'validation' if num_validation == 0 else 'train'} empty; pass --validation_files (or "
+                         f"more documents: a .txt file has one per blank-line-separated paragraph)")
     num_train = len(dataset) - num_validation
     return DatasetDict({"train": dataset.select(range(num_train)),
                         "validation": dataset.select(range(num_train, len(dataset)))})
@@ -158,7 +190,7 @@ def _token_ids(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, text_column
 
 
 def pack_blocks(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, block_size: int, text_column: str = "text",
-                num_proc: int | None = None) -> Dataset:
+                num_proc: int | None = None, split: str = "") -> Dataset:
     """The documents joined by eos and cut into rows of exactly `block_size` ids (column "input_ids").
 
     The final partial block is dropped (and logged), so every row is a full training window.
@@ -168,8 +200,8 @@ def pack_blocks(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, block_size
     ids = _token_ids(dataset, tokenizer, text_column, num_proc)
     num_blocks = len(ids) // block_size
     if num_blocks == 0:
-        raise ValueError(f"the split has {len(ids)} tokens, fewer than one block of block_size={block_size}; "
-                         f"use a smaller block_size or more text")
+        raise ValueError(f"the {split + ' ' if split else ''}split has {len(ids)} tokens, fewer than one block of "
+                         f"block_size={block_size}; use a smaller --block_size or more text")
     logger.info("packed %d tokens into %d blocks of %d, dropping the final %d tokens", len(ids), num_blocks,
                 block_size, len(ids) - num_blocks * block_size)
     blocks = pa.FixedSizeListArray.from_arrays(ids[: num_blocks * block_size], block_size)

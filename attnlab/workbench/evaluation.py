@@ -13,25 +13,77 @@ after the first is scored exactly once, with at least `window - stride` tokens o
 """
 
 import math
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch.utils.data import DataLoader
-from transformers import AutoModelForCausalLM, default_data_collator
+from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
+from .hub import hub_unreachable
 from ..tokenization_attnlab import load_tokenizer
 
 IGNORE_INDEX = -100
 
 
-def load_model_and_tokenizer(folder: str, tokenizer: str | None = None):
+def load_model_and_tokenizer(folder: str, tokenizer: str | None = None, trust_remote_code: bool = False):
     """A saved model in eval mode and its tokenizer (by default the folder's own), checked to match."""
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tokenizer = load_tokenizer(tokenizer or folder)
+    model = load_pretrained(folder, trust_remote_code=trust_remote_code).eval()
+    tokenizer = load_tokenizer(tokenizer) if tokenizer is not None else load_hub_tokenizer(folder, trust_remote_code)
     if len(tokenizer) != model.config.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model in {folder} has a vocabulary of "
                          f"{model.config.vocab_size}; use the tokenizer it was trained with (saved in its folder)")
     return model, tokenizer
+
+
+def load_pretrained(name_or_path: str, trust_remote_code: bool = False, **kwargs):
+    """`AutoModelForCausalLM.from_pretrained` with one-line errors: a missing folder, a corrupt or truncated weights
+    file (named), an unreachable Hub (failing at once rather than after transformers' retries)."""
+    _check_model_source(name_or_path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load the model {name_or_path}: {_first_line(error)}") from None
+
+
+def load_hub_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """A model folder's or Hub repo's own tokenizer, with the same one-line errors as `load_pretrained`."""
+    if not os.path.isdir(name_or_path):
+        _check_model_source(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load the tokenizer of {name_or_path}: {_first_line(error)}") from None
+
+
+def _check_model_source(name_or_path: str):
+    if os.path.isdir(name_or_path):
+        for weights in sorted(Path(name_or_path).glob("*.safetensors")):
+            check_safetensors(weights)
+        return
+    # Not a folder here: a Hub id has the form owner/name (or name); anything else is a local path that is missing.
+    parts = name_or_path.split("/")
+    if os.path.exists(name_or_path) or len(parts) > 2 or not all(parts) or name_or_path.startswith((".", "~")):
+        raise FileNotFoundError(f"model folder not found: {name_or_path}")
+    unreachable = hub_unreachable(name_or_path)
+    if unreachable:
+        raise FileNotFoundError(f"model folder not found: {name_or_path} (nor on the Hub: {unreachable})")
+
+
+def check_safetensors(path: Path):
+    """Raise ValueError naming a weights file that is truncated or not safetensors at all."""
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except Exception as error:  # SafetensorError: a header that does not parse or does not cover the file
+        raise ValueError(f"{path} is corrupt or truncated ({_first_line(error)}); save or download it again") from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 @dataclass
@@ -102,9 +154,17 @@ def evaluate_blocks(model, blocks, byte_lengths: torch.Tensor, batch_size: int =
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.double, device=device)
-    for batch in loader:
-        input_ids = batch["input_ids"].to(device)
-        totals += score_targets(model(input_ids=input_ids, use_cache=False).logits, input_ids, byte_lengths).sum(0)
+    batches = list(loader)
+    num_forwards = len(batches)
+    if accelerator is not None and accelerator.num_processes > 1 and accelerator.distributed_type == "FSDP":
+        # A sharded model gathers its weights collectively in every forward: each process runs as many forwards as
+        # the busiest one, the extra ones on a batch it already scored, not counted.
+        num_forwards = int(accelerator.reduce(torch.tensor(num_forwards, device=device), reduction="max").item())
+    for index in range(num_forwards):
+        input_ids = batches[min(index, len(batches) - 1)]["input_ids"].to(device)
+        scores = score_targets(model(input_ids=input_ids, use_cache=False).logits, input_ids, byte_lengths).sum(0)
+        if index < len(batches):
+            totals += scores
     if accelerator is not None:
         totals = accelerator.reduce(totals, reduction="sum")
     model.train(was_training)

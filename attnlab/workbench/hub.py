@@ -6,13 +6,19 @@ attnlab is not installed. `publish` checks that, adds a model card and uploads w
 """
 
 import json
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, constants, try_to_load_from_cache
 from transformers.dynamic_module_utils import get_relative_imports
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 REQUIRED_AUTO_CLASSES = {"AutoConfig", "AutoModel"}
+CHECKPOINT_PREFIX = "checkpoint-"  # training's resumable checkpoints: never published
+# Ends the generated part of a model card, so publish can rewrite it for the repo id it publishes to.
+CARD_HEADER_END = "<!-- end of the attnlab header -->"
 
 
 def check_folder(folder: str | Path) -> dict:
@@ -22,7 +28,9 @@ def check_folder(folder: str | Path) -> dict:
         raise ValueError(f"{folder} has no config.json; save the model with model.save_pretrained({str(folder)!r})")
     if not (folder / "model.safetensors").is_file() and not (folder / "model.safetensors.index.json").is_file():
         raise ValueError(f"{folder} has no model.safetensors; attnlab publishes safetensors checkpoints only")
-    pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+    # Everything that would be uploaded, subfolders included (a checkpoint folder is never uploaded: see publish).
+    pickles = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                     if p.is_file() and p.name.endswith(PICKLE_SUFFIXES) and not _in_checkpoint(p.relative_to(folder)))
     if pickles:
         raise ValueError(f"{folder} contains pickled files {pickles}; remove them (they can run code when loaded)")
     config = json.loads((folder / "config.json").read_text())
@@ -44,7 +52,12 @@ def check_folder(folder: str | Path) -> dict:
     return config
 
 
+def _in_checkpoint(relative: Path) -> bool:
+    return any(part.startswith(CHECKPOINT_PREFIX) for part in relative.parts[:-1])
+
+
 def model_card(config: dict, repo_id: str) -> str:
+    """The card's header (what the model is and how to load it); training appends its own section after it."""
     head_class = next(name for name in config["auto_map"] if name not in REQUIRED_AUTO_CLASSES)
     return f"""---
 library_name: transformers
@@ -61,21 +74,51 @@ it loads without installing attnlab (transformers >= 5.23, < 6):
 from transformers import {head_class}, AutoTokenizer
 
 model = {head_class}.from_pretrained("{repo_id}", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)
 ```
+{CARD_HEADER_END}
 """
 
 
-def publish(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
-            api: HfApi | None = None) -> str:
-    """Check the folder, write a model card if it has none, create the repo and upload; returns the commit URL."""
+def publish(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
+            token: str | None = None, api: HfApi | None = None) -> str:
+    """Check the folder, write the model card for `repo_id`, create the repo (and branch) and upload; returns the
+    commit URL. Checkpoint folders (optimizer and RNG pickles of an unfinished run) are never uploaded."""
     folder = Path(folder)
     config = check_folder(folder)
     card = folder / "README.md"
     if not card.exists():
         card.write_text(model_card(config, repo_id))
+    elif CARD_HEADER_END in (text := card.read_text()):
+        # attnlab's own card, written at training time for a placeholder repo id: retarget it, keep what follows.
+        card.write_text(model_card(config, repo_id) + text.split(CARD_HEADER_END, 1)[1].removeprefix("\n"))
     api = api or HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id,
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
+                               ignore_patterns=[f"{CHECKPOINT_PREFIX}*", f"{CHECKPOINT_PREFIX}*/**"],
                                commit_message=f"Upload attnlab {config['model_type']} model")
     return str(commit)
+
+
+def hub_unreachable(repo_id: str, repo_type: str = "model", timeout: float = 3.0) -> str | None:
+    """Why `repo_id` cannot come from the Hub right now (None if it can): offline and not cached, or no connection.
+
+    transformers and datasets retry an unreachable Hub for about 30 s before failing; this answers in a few seconds.
+    Offline mode (HF_HUB_OFFLINE=1) is left to the libraries, which read their cache.
+    """
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        if repo_type == "model" and isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return None  # cached: the libraries fall back to the cache themselves
+    except ValueError:  # not a valid repo id: the connection question decides the message
+        pass
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+    except OSError as error:
+        return (f"{endpoint.hostname} cannot be reached ({error}); check the connection, or set HF_HUB_OFFLINE=1 to "
+                f"use the local Hugging Face cache")
+    return None

@@ -7,7 +7,9 @@ from exactly (model, optimizer, scheduler, RNG, data order and position, loss hi
 Hub-ready folder (weights, modeling code, tokenizer, generation config, model card) and a metrics JSON.
 """
 
+import functools
 import json
+import logging
 import math
 import os
 import shutil
@@ -18,7 +20,8 @@ from typing import Callable, Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
+from huggingface_hub.errors import StrictDataclassError
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from torch.optim.lr_scheduler import LambdaLR
@@ -26,19 +29,21 @@ from transformers import AutoModelForCausalLM, PreTrainedConfig, default_data_co
 
 from .data import load_text_splits, pack_blocks
 from .evaluation import EvalResult, evaluate_blocks
-from .hub import check_folder, model_card
+from .hub import CHECKPOINT_PREFIX, check_folder, model_card
 from .muon import MuonWithAdamW, seed_momentum_warmup_steps, seed_warmdown_steps, warmup_then_warmdown
-from ..members import HYBRIDS, MEMBERS, get_member
+from ..members import BASELINES, HYBRIDS, MEMBERS, get_member
 from ..tokenization_attnlab import load_tokenizer, token_byte_lengths
 
-CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
 METRICS_FILE = "metrics.json"
+LOSS_CURVE_FILE = "loss_curve.png"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainArgs:
-    """Everything a training run depends on; `attnlab train` exposes each field as `--name`."""
+    """Everything a training run depends on; `attnlab train` exposes each field as an option of the same name."""
 
     model: str = field(default="triple_product", metadata={"help": "a member (" + ", ".join(MEMBERS) + "), a hybrid ("
                                                                    + ", ".join(HYBRIDS) + ") or the baseline 'llama'"})
@@ -48,7 +53,9 @@ class TrainArgs:
     config_file: str | None = field(default=None, metadata={
         "help": "a config JSON file used instead of the preset (vocab_size and special tokens still come from the "
                 "tokenizer; --config_overrides apply on top)"})
-    tokenizer: str = field(default="bytes", metadata={"help": "'bytes' (259 ids, lossless) or a tokenizer folder"})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "'bytes' (259 ids, lossless; the default) or a tokenizer folder; with --init_from, default: that "
+                "model's own tokenizer"})
     train_files: list[str] | None = field(default=None, metadata={
         "help": "text files to train on (default: the embedded Shakespeare, whole plays held out)"})
     validation_files: list[str] | None = field(default=None, metadata={
@@ -84,16 +91,107 @@ class TrainArgs:
         "help": "stop after this many seconds of training, checkpoint, and finish as usual (evaluate and save)"})
     output_dir: str = field(default="outputs/run", metadata={"help": "where checkpoints, the model and metrics go"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "train into an output_dir that holds an earlier run: its files (as listed in its metrics.json) and "
+                "checkpoints are deleted first; other files are left alone"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "continue training (fine-tune) a saved folder or Hub model: its config and weights are the start "
+                "(--model, --preset and config options are then not used)"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation and data order"})
     num_threads: int | None = field(default=None, metadata={
         "help": "CPU threads per process (default: torch's choice, one per core); 1 is much faster for small "
                 "models when other jobs share the cores"})
 
 
-# A checkpoint can only be continued by a run that agrees on these; the rest (limits, logging, paths) may change.
-RESUME_KEYS = ("model", "preset", "config_overrides", "config_file", "tokenizer", "train_files", "dataset_name",
-               "dataset_config", "text_column", "block_size", "batch_size", "gradient_accumulation_steps", "max_steps",
-               "optimizer", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "mixed_precision", "seed")
+# A checkpoint can only be continued by a run that agrees on every option but these (limits, logging, paths), so an
+# option added later is part of the check unless it is listed here.
+RESUME_FREE_KEYS = ("eval_every", "eval_blocks", "final_eval_blocks", "save_every", "time_limit", "output_dir",
+                    "resume", "overwrite_output_dir", "num_threads")
+RESUME_KEYS = tuple(name for name in TrainArgs.__dataclass_fields__ if name not in RESUME_FREE_KEYS)
+_DEFAULTS = asdict(TrainArgs())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checking the arguments, all up front: a bad value is one clear error before anything is loaded or written.
+
+# name -> (smallest allowed value, whether that value itself is allowed, whether None means "not set")
+_NUMERIC_BOUNDS = {
+    "block_size": (2, True, False), "batch_size": (1, True, False), "gradient_accumulation_steps": (1, True, False),
+    "max_steps": (1, True, False), "learning_rate": (0, False, False), "weight_decay": (0, True, False),
+    "warmup_ratio": (0, True, False), "max_grad_norm": (0, True, False), "eval_every": (0, True, False),
+    "eval_blocks": (1, True, False), "final_eval_blocks": (1, True, True), "save_every": (0, True, False),
+    "time_limit": (0, True, True), "seed": (0, True, False), "num_threads": (1, True, True),
+}
+
+
+# accelerate runs fp16 on a CPU as plain fp32, while the run would record fp16.
+FP16_ON_CPU = ValueError("--mixed_precision fp16 needs a GPU; on CPU use bf16 (where the CPU supports it) or no")
+
+
+def check_args(args: TrainArgs):
+    """Raise ValueError naming the first option with an impossible value (e.g. --max_steps 0 would never end)."""
+    for name, (low, inclusive, optional) in _NUMERIC_BOUNDS.items():
+        value = getattr(args, name)
+        if value is None and optional:
+            continue
+        integer = TrainArgs.__dataclass_fields__[name].type in (int, int | None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+            raise ValueError(f"--{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            relation = ">=" if inclusive else ">"
+            raise ValueError(f"--{name} must be {relation} {low}, got {value!r}")
+    if args.warmup_ratio >= 1:
+        raise ValueError(f"--warmup_ratio must be below 1 (a share of max_steps), got {args.warmup_ratio!r}")
+    if args.init_from is not None and (args.config_file is not None or args.config_overrides):
+        raise ValueError("--init_from continues a trained model with its own config; --config_file and "
+                         "--config_overrides cannot change it (train from scratch to use them)")
+    if args.mixed_precision == "fp16" and not torch.accelerator.is_available():
+        raise FP16_ON_CPU
+    if args.resume and args.overwrite_output_dir:
+        raise ValueError("--resume continues the run in output_dir and --overwrite_output_dir deletes it; pass one")
+
+
+def prepare_output_dir(args: TrainArgs, accelerator: Accelerator):
+    """Refuse to write a new run over an earlier one (or over anything else) unless --overwrite_output_dir says so.
+
+    With it, only what the earlier run wrote goes (its checkpoints and the files its metrics.json lists), so no
+    stale file of another model (another member's modeling code, say) stays beside the new one.
+    """
+    output_dir = Path(args.output_dir)
+    if args.resume or not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise ValueError(f"--output_dir {output_dir} is a file, not a folder")
+    contents = sorted(path.name for path in output_dir.iterdir())
+    if not contents:
+        return
+    earlier = run_files(output_dir)
+    if not args.overwrite_output_dir:
+        if last_checkpoint(output_dir) is not None:
+            what = "a checkpoint of an earlier run"
+        elif earlier:
+            what = "an earlier run"
+        else:
+            what = f"other files ({', '.join(contents[:3])}{', ...' if len(contents) > 3 else ''})"
+        raise ValueError(f"--output_dir {output_dir} already holds {what}; pass --resume to continue a checkpoint, "
+                         f"--overwrite_output_dir to replace the run, or choose another --output_dir")
+    accelerator.wait_for_everyone()  # every process has looked before the main one deletes
+    if accelerator.is_main_process:
+        for name in earlier:
+            (output_dir / name).unlink(missing_ok=True)
+        for folder in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+            shutil.rmtree(folder)
+    accelerator.wait_for_everyone()
+
+
+def run_files(output_dir: Path) -> list[str]:
+    """The files a finished run wrote into `output_dir`, as its metrics.json lists them (none if it has none)."""
+    try:
+        files = json.loads((output_dir / METRICS_FILE).read_text()).get("files", [])
+    except (OSError, ValueError):
+        return []
+    # Only plain names inside the folder: a metrics.json from elsewhere must not delete outside it.
+    return [name for name in files if isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..")]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,6 +212,12 @@ def parse_overrides(overrides: list[str]) -> dict:
     return parsed
 
 
+# Keys a saved config.json carries about the model it was saved from, not about the one being built: a config file
+# copied from another member's folder must not bring that member's auto_map or architectures along.
+_SAVED_CONFIG_METADATA = ("auto_map", "architectures", "transformers_version", "_name_or_path", "model_type", "dtype",
+                          "torch_dtype")
+
+
 def build_config(model: str, preset: str, tokenizer, block_size: int, config_overrides: list[str] = (),
                  config_file: str | None = None) -> PreTrainedConfig:
     """The model config: preset (or file) + overrides, with vocabulary and special tokens from the tokenizer."""
@@ -125,11 +229,24 @@ def build_config(model: str, preset: str, tokenizer, block_size: int, config_ove
         raise ValueError(f"unknown {member.config_class.__name__} key(s) in --config_overrides: {unknown}")
     vocabulary = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    for key in sorted(set(overrides) & set(vocabulary)):
+        if overrides[key] != vocabulary[key]:
+            raise ValueError(f"--config_overrides {key}={overrides[key]!r}: {key} comes from --tokenizer (which gives "
+                             f"{key}={vocabulary[key]!r}); for another vocabulary train a tokenizer with "
+                             f"`attnlab tokenizer --vocab_size N` and pass it with --tokenizer")
     if config_file is not None:
-        file_values = json.loads(Path(config_file).read_text())
-        config = member.config_class(**{**file_values, **overrides, **vocabulary})
+        file_values = read_config_file(config_file, member)
+        for key in sorted(set(file_values) & set(vocabulary)):
+            if file_values[key] != vocabulary[key]:
+                logger.warning("--config_file %s: %s=%r replaced by the tokenizer's %r", config_file, key,
+                               file_values[key], vocabulary[key])
+        values, make = {**file_values, **overrides, **vocabulary}, member.config_class
     else:
-        config = member.preset_config(preset, **{**overrides, **vocabulary})
+        values, make = {**overrides, **vocabulary}, functools.partial(member.preset_config, preset)
+    try:
+        config = make(**values)
+    except StrictDataclassError as error:  # e.g. num_hidden_layers=abc: one line naming the field and the type
+        raise ValueError(f"model config: {' '.join(str(error).split())}") from None
     if block_size > config.max_position_embeddings:
         raise ValueError(f"block_size {block_size} is larger than the model's max_position_embeddings "
                          f"{config.max_position_embeddings}; lower --block_size or pass "
@@ -137,9 +254,36 @@ def build_config(model: str, preset: str, tokenizer, block_size: int, config_ove
     return config
 
 
+def read_config_file(path: str, member) -> dict:
+    """A config JSON's model values: unknown keys refused (as in --config_overrides), another member's refused, the
+    saved model's metadata dropped."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config_file not found: {path}") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"--config_file {path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config_file {path} must hold a JSON object of config values")
+    model_type = values.get("model_type")
+    expected = member.config_class.model_type
+    if model_type is not None and model_type != expected:
+        raise ValueError(f"--config_file {path} is a {model_type!r} config but --model {member.name} needs "
+                         f"{expected!r}; pass --model {model_type} or a {expected} config")
+    values = {key: value for key, value in values.items() if key not in _SAVED_CONFIG_METADATA}
+    unknown = sorted(set(values) - set(member.config_class().to_dict()))
+    if unknown:
+        raise ValueError(f"unknown {member.config_class.__name__} key(s) in --config_file {path}: {unknown}")
+    return values
+
+
 def build_model(args: TrainArgs, tokenizer):
-    config = build_config(args.model, args.preset, tokenizer, args.block_size, args.config_overrides, args.config_file)
-    model = AutoModelForCausalLM.from_config(config)
+    if args.init_from is not None:
+        model = load_initial_model(args.init_from, tokenizer, args.block_size)
+    else:
+        config = build_config(args.model, args.preset, tokenizer, args.block_size, args.config_overrides,
+                              args.config_file)
+        model = AutoModelForCausalLM.from_config(config)
     model.generation_config.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                                    eos_token_id=tokenizer.eos_token_id)
     if args.gradient_checkpointing:
@@ -147,12 +291,43 @@ def build_model(args: TrainArgs, tokenizer):
     return model
 
 
+def load_initial_model(name_or_path: str, tokenizer, block_size: int):
+    """--init_from: a saved folder or Hub model, in fp32, checked against the tokenizer and the block size."""
+    from .evaluation import load_pretrained  # one loader with one-line errors for every command
+
+    model = load_pretrained(name_or_path, dtype=torch.float32)
+    if model.config.vocab_size != len(tokenizer):
+        raise ValueError(f"--init_from {name_or_path} has a vocabulary of {model.config.vocab_size} but the tokenizer "
+                         f"has {len(tokenizer)} tokens; pass --tokenizer {name_or_path} (the one it was trained with)")
+    if block_size > model.config.max_position_embeddings:
+        raise ValueError(f"block_size {block_size} is larger than --init_from {name_or_path}'s "
+                         f"max_position_embeddings {model.config.max_position_embeddings}; lower --block_size")
+    return model
+
+
+def load_any_tokenizer(name_or_path: str):
+    """'bytes', a local tokenizer folder or file, or (for --init_from a Hub model) a Hub repo's tokenizer."""
+    if name_or_path == "bytes" or os.path.exists(name_or_path):
+        return load_tokenizer(name_or_path)
+    from .evaluation import load_hub_tokenizer
+
+    return load_hub_tokenizer(name_or_path)
+
+
+def model_name(config: PreTrainedConfig) -> str:
+    """The member (or baseline) name of a model's config, as --model spells it."""
+    for member in (*MEMBERS.values(), *BASELINES.values()):
+        if member.config_class.model_type == config.model_type:
+            return member.name
+    return config.model_type
+
+
 def load_blocks(args: TrainArgs, tokenizer):
     """Train and validation splits packed into blocks of `block_size` tokens."""
     splits = load_text_splits(train_files=args.train_files, validation_files=args.validation_files,
                               dataset_name=args.dataset_name, dataset_config=args.dataset_config,
                               text_column=args.text_column)
-    return tuple(pack_blocks(splits[name], tokenizer, args.block_size, text_column=args.text_column)
+    return tuple(pack_blocks(splits[name], tokenizer, args.block_size, text_column=args.text_column, split=name)
                  for name in ("train", "validation"))
 
 
@@ -208,20 +383,45 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict):
     accelerator.wait_for_everyone()
 
 
-def resume_state(args: TrainArgs, accelerator: Accelerator) -> dict:
-    """Load the last checkpoint into the prepared objects and return its trainer state."""
+def resume_state(args: TrainArgs, accelerator: Accelerator, config: dict) -> dict:
+    """Load the last checkpoint into the prepared objects and return its trainer state.
+
+    Refused, naming the first difference, when the checkpoint was made with another option that shapes the data or
+    the model (every option but RESUME_FREE_KEYS), another number of processes or another model config (a config
+    file edited in place); a checkpoint that cannot be read is named with the reason.
+    """
     checkpoint = last_checkpoint(args.output_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"--resume: no {CHECKPOINT_PREFIX}* folder in {args.output_dir}")
-    state = json.loads((checkpoint / TRAINER_STATE).read_text())
-    saved = {**state["args"], "num_processes": state["num_processes"]}
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text())
+        saved = {**state["args"], "num_processes": state["num_processes"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--resume: {checkpoint / TRAINER_STATE} is missing or unreadable ({error}); delete "
+                         f"{checkpoint} to start again") from None
     current = {**asdict(args), "num_processes": accelerator.num_processes}
     for key in (*RESUME_KEYS, "num_processes"):
-        if saved.get(key) != current[key]:
+        if saved.get(key, _DEFAULTS.get(key)) != current[key]:  # a key added since: its default
             raise ValueError(f"--resume: {checkpoint} was trained with {key}={saved.get(key)!r}, this run has "
                              f"{key}={current[key]!r}; use the same value or another --output_dir")
-    accelerator.load_state(str(checkpoint))
+    for key, value in state.get("config", {}).items():
+        if config.get(key) != value:
+            raise ValueError(f"--resume: {checkpoint} was trained with the model config {key}={value!r}, this run "
+                             f"builds {key}={config.get(key)!r}; use the same config or another --output_dir")
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as error:  # a truncated file: safetensors, torch or pickle errors of many kinds
+        raise ValueError(f"--resume: the checkpoint {checkpoint} cannot be loaded ({type(error).__name__}: "
+                         f"{' '.join(str(error).split())[:300]}); delete it to start again") from None
     return state
+
+
+def comparable_config(model) -> dict:
+    """The model's config as the resume check compares it (JSON values, without the transformers version)."""
+    values = json.loads(model.config.to_json_string(use_diff=False))
+    for key in ("transformers_version", "_name_or_path", "dtype", "torch_dtype"):
+        values.pop(key, None)
+    return values
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,22 +434,31 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     `on_step(step, loss)` is called after every optimizer step (and after that step's checkpoint, if any). A run
     stopped by the time limit or an exception leaves its last checkpoint for `resume=True`.
     """
+    check_args(args)
     output_dir = Path(args.output_dir)
-    if not args.resume and last_checkpoint(output_dir) is not None:
-        raise ValueError(f"{output_dir} already holds a checkpoint; pass --resume to continue it or choose another "
-                         "--output_dir")
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         # Shuffling seeded by (seed, epoch), so a resumed run sees the same batches in the same order.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
-    args = replace(args, mixed_precision=accelerator.mixed_precision)  # as resolved with the launcher's setting
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":  # fp16 from the launcher
+        raise FP16_ON_CPU
+    # The tokenizer as resolved (the --init_from model's own by default) and the launcher's mixed precision, so the
+    # metrics and the resume check record what actually ran.
+    args = replace(args, mixed_precision=accelerator.mixed_precision,
+                   tokenizer=args.tokenizer or args.init_from or "bytes")
+    if args.resume and not Path(args.output_dir).is_dir():
+        raise FileNotFoundError(f"--resume: no {CHECKPOINT_PREFIX}* folder in {args.output_dir}")
+    prepare_output_dir(args, accelerator)
     set_seed(args.seed)
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = load_any_tokenizer(args.tokenizer)
     model = build_model(args, tokenizer)
+    if args.init_from is not None:
+        args = replace(args, model=model_name(model.config))
+    config = comparable_config(model)
     with accelerator.main_process_first():
         train_blocks, validation_blocks = load_blocks(args, tokenizer)
     optimizer, scheduler = build_optimizer(model, args, accelerator.num_processes)
@@ -263,14 +472,15 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
                          f"process ({accelerator.num_processes} processes); lower --batch_size or --block_size")
 
     state = dict(step=0, batches=0, tokens=0, train_seconds=0.0, train_loss=[], eval=[],
-                 args=asdict(args), num_processes=accelerator.num_processes)
+                 args=asdict(args), num_processes=accelerator.num_processes, config=config)
     byte_lengths = token_byte_lengths(tokenizer).to(accelerator.device)
     tokens_per_step = args.batch_size * args.block_size * args.gradient_accumulation_steps * accelerator.num_processes
     num_parameters = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
-    accelerator.print(f"{args.model} ({args.preset}): {num_parameters:,} parameters | {len(train_blocks):,} training "
+    origin = args.preset if args.init_from is None else f"from {args.init_from}"
+    accelerator.print(f"{args.model} ({origin}): {num_parameters:,} parameters | {len(train_blocks):,} training "
                       f"blocks of {args.block_size} tokens | {tokens_per_step:,} tokens per step")
     if args.resume:
-        state = resume_state(args, accelerator)
+        state = resume_state(args, accelerator, config)
         accelerator.print(f"resumed from step {state['step']} of {args.max_steps}")
 
     def evaluate(max_blocks):
@@ -352,21 +562,65 @@ def out_of_time_everywhere(accelerator: Accelerator, start: float, limit: float)
 
 
 def save_model(accelerator: Accelerator, model, tokenizer, output_dir: Path, metrics: dict):
-    """The Hub-ready folder: weights + modeling code (save_pretrained), tokenizer, model card, metrics.json."""
+    """The Hub-ready folder: weights + modeling code (save_pretrained), tokenizer, model card, loss curve, and
+    metrics.json, which also lists every file the run wrote (what --overwrite_output_dir deletes)."""
     accelerator.wait_for_everyone()
-    # get_state_dict gathers the full weights where FSDP or DeepSpeed ZeRO-3 shard them.
-    accelerator.unwrap_model(model).save_pretrained(output_dir, is_main_process=accelerator.is_main_process,
-                                                    save_function=accelerator.save,
-                                                    state_dict=accelerator.get_state_dict(model))
+    before = _file_stamps(output_dir)
+    # get_state_dict gathers the full weights where FSDP or DeepSpeed ZeRO-3 shard them (on the main process).
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        # FSDP2 swaps the model's class for a subclass generated in torch's own module, and save_pretrained would
+        # ship torch's files as the remote code: a plain model of the same config takes the gathered weights.
+        if accelerator.is_main_process:
+            plain = AutoModelForCausalLM.from_config(unwrapped.config)
+            plain.load_state_dict(state_dict)
+            plain.generation_config = unwrapped.generation_config
+            plain.save_pretrained(output_dir)
+    else:
+        unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process,
+                                  save_function=accelerator.save, state_dict=state_dict)
     if accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
-        (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
         config = json.loads((output_dir / "config.json").read_text())
         if "auto_map" in config:  # an attnlab member: remote code ships in the folder
             check_folder(output_dir)
             (output_dir / "README.md").write_text(model_card(config, f"your-name/{output_dir.resolve().name}")
                                                   + training_summary(metrics))
+        plot_loss_curve(metrics, output_dir / LOSS_CURVE_FILE)
+        after = _file_stamps(output_dir)
+        metrics["files"] = sorted({name for name, stamp in after.items() if before.get(name) != stamp} | {METRICS_FILE})
+        (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
     accelerator.wait_for_everyone()
+
+
+def _file_stamps(folder: Path) -> dict[str, tuple[int, int]]:
+    return {path.name: (path.stat().st_mtime_ns, path.stat().st_size) for path in folder.glob("*") if path.is_file()}
+
+
+def plot_loss_curve(metrics: dict, path: Path):
+    """Training loss per step and the held-out evaluations, in nats per token (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("matplotlib is not installed: no %s", path.name)
+        return
+    figure, axes = plt.subplots(figsize=(7, 4))
+    steps = range(1, len(metrics["train_loss"]) + 1)
+    axes.plot(steps, metrics["train_loss"], lw=0.8, alpha=0.7, label="training batches")
+    evaluations = [*metrics["eval"], dict(step=metrics["steps"], **metrics["final_eval"])]
+    axes.plot([e["step"] for e in evaluations], [e["loss"] for e in evaluations], "o-", label="held-out")
+    axes.set(xlabel="optimizer step", ylabel="loss (nats per token)",
+             title=f"{metrics['model']}: {metrics['parameters']:,} parameters, held-out "
+                   f"{metrics['final_eval']['loss']:.3f}")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def training_summary(metrics: dict) -> str:
