@@ -14,4 +14,5 @@ VENV=".venv-transformers-$VERSION"
   huggingface_hub tqdm pytest
 "$VENV/bin/python" -c "import transformers; print('testing with transformers', transformers.__version__)"
 PYTHONPATH=. "$VENV/bin/python" -m pytest -q tests/test_contract.py tests/test_elita.py tests/test_evolving.py \
+  tests/test_depth_recurrent.py tests/test_vqlnmlp.py tests/test_gradient_checkpointing.py \
   tests/test_triple_product.py "$@"
