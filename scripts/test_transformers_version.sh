@@ -11,7 +11,7 @@ VENV=".venv-transformers-$VERSION"
 "$VENV/bin/python" -m pip install --quiet "torch==2.13.0" 2>/dev/null \
   || "$VENV/bin/python" -m pip install --quiet "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
 "$VENV/bin/python" -m pip install --quiet "transformers==$VERSION" accelerate datasets safetensors tokenizers \
-  huggingface_hub tqdm pytest
+  huggingface_hub tqdm pytest matplotlib
 "$VENV/bin/python" -c "import transformers; print('testing with transformers', transformers.__version__)"
 PYTHONPATH=. "$VENV/bin/python" -m pytest -q tests/test_contract.py tests/test_elita.py tests/test_evolving.py \
   tests/test_depth_recurrent.py tests/test_vqlnmlp.py tests/test_gradient_checkpointing.py \
