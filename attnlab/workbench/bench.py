@@ -756,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training and forward lengths")
     speed.add_argument("--forward-lengths", type=int, nargs="+", default=None,
                        help="forward lengths, if not the training lengths")
-    speed.add_argument("--linear-lengths", type=int, nargs="+", default=[16384, 32768],
+    speed.add_argument("--linear-lengths", type=int, nargs="*", default=[16384, 32768],
                        help="extra training lengths for members with fixed-size state only")
     speed.add_argument("--max-quadratic-length", type=int, default=8192,
                        help="train/forward lengths above this only for fixed-state members")

@@ -6,6 +6,7 @@
     attnlab generate outputs/run --prompt "ROMEO:"
     attnlab tokenizer --files a.txt b.txt --vocab_size 4096 --output_dir my-tokenizer
     attnlab demo
+    attnlab bench speed --presets tiny small --compile                    # benchmark suite: speed, mqar, copy, lm
 """
 
 import json
@@ -18,6 +19,7 @@ import torch
 import transformers
 from transformers import HfArgumentParser
 
+from . import bench as benchmark_suite
 from .data import load_text_splits, pack_blocks, token_stream
 from .evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
 from ..tokenization_attnlab import token_byte_lengths, train_bpe_tokenizer
@@ -155,6 +157,12 @@ def build_parser() -> HfArgumentParser:
     demo.add_argument("--output_dir", default="outputs/demo", help="the demo's folder (replaced on each run)")
     demo.add_argument("--prompt", default="ROMEO:\n", help="the prompt of the printed sample")
     demo.set_defaults(func=demo_command)
+
+    # The benchmark suite parses its own options (attnlab/workbench/bench.py); '+' as prefix hands it '--help' too.
+    bench = commands.add_parser("bench", help="every member, hybrid and Llama side by side: speed, mqar, copy, lm",
+                                add_help=False, prefix_chars="+")
+    bench.add_argument("bench_args", nargs="...", help="a section and its options (attnlab bench --help)")
+    bench.set_defaults(func=lambda args: benchmark_suite.main(args.bench_args))
     return parser
 
 
