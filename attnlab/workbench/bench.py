@@ -89,9 +89,9 @@ def shape_overrides(models: list[str], values: dict, llama_match: str) -> tuple[
     return overrides, counts
 
 
-def build_model(name: str, values: dict, seed: int = 0):
+def build_model(name: str, values: dict, seed: int = 0, device: str = "cpu"):
     torch.manual_seed(seed)
-    return get_member(name).causal_lm_class(build_config(name, values))
+    return get_member(name).causal_lm_class(build_config(name, values)).to(device)
 
 
 def cache_floats(cache) -> int:
@@ -111,12 +111,15 @@ def decoding_state_floats(model, context: int) -> int:
     """Floats a model carries to decode the next token after `context` tokens (batch 1)."""
     model.eval()
     ids = torch.randint(0, model.config.vocab_size, (1, context), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(next(model.parameters()).device)
     return cache_floats(model(input_ids=ids, use_cache=True).past_key_values)
 
 
 def logits_at(model, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and targets at the labelled positions only: the head runs on those rows alone, which keeps a large
     vocabulary (MQAR's 8192) cheap when a few positions per sequence are scored."""
+    device = next(model.parameters()).device
+    input_ids, labels = input_ids.to(device), labels.to(device)
     hidden = model.model(input_ids=input_ids, use_cache=False).last_hidden_state
     keep = labels != IGNORE_INDEX
     head = getattr(model, "compute_logits", None) or model.lm_head  # attnlab members may add layers on the head
@@ -341,6 +344,13 @@ def speed_tables(args, info: dict, medians: list[dict], precisions: list[str]) -
                                  fmt(statistics.median(compile_s) if compile_s else None, ".1f")])
                 sections.append(f"{KIND_TITLES[kind]} ({precision}):\n\n" + markdown_table(
                     ["model", *[f"T={T}" for T in lengths], "time exponent", "memory exponent", "compile s"], rows))
+                compiled_rows = [[label, *[compiled_cell(by_len.get(T), table[f"{label} +compile"].get(T))
+                                           for T in lengths]]
+                                 for label, by_len in table.items() if f"{label} +compile" in table]
+                if compiled_rows:
+                    sections.append(f"{kind}, eager against torch.compile ({precision}): eager ms / compiled ms "
+                                    "(speed-up; compile s):\n\n"
+                                    + markdown_table(["model", *[f"T={T}" for T in lengths]], compiled_rows))
                 if kind == "train":
                     memory_rows = [[label, *[fmt(by_len[T]["peak_memory_mb"]) if T in by_len else "-"
                                              for T in lengths]] for label, by_len in table.items()]
@@ -352,6 +362,13 @@ def speed_tables(args, info: dict, medians: list[dict], precisions: list[str]) -
             f"{r['label']} at {r['seq_len']:,} tokens: {r['median_s']:.1f} s, peak {r['peak_memory_mb']:.0f} MB"
             for r in long))
     return sections
+
+
+def compiled_cell(eager: dict | None, compiled: dict | None) -> str:
+    if eager is None or compiled is None:
+        return "-"
+    return (f"{eager['median_s'] * 1e3:.1f} / {compiled['median_s'] * 1e3:.1f} "
+            f"({eager['median_s'] / compiled['median_s']:.2f}x; {compiled['compile_s']:.0f} s)")
 
 
 def speed_panels(medians: list[dict], preset: str, precision: str) -> dict:
@@ -480,7 +497,7 @@ def mqar(args, info: dict) -> dict:
                 state_sizes[f"{name} d={width} L={seq_len}"] = decoding_state_floats(build_model(name, model_values),
                                                                                       seq_len)
                 for lr in args.lrs:
-                    model = build_model(name, model_values, seed=args.seed)
+                    model = build_model(name, model_values, seed=args.seed, device=args.device)
                     start = time.perf_counter()
                     evaluate = lambda: accuracy_on_labels(model, test_inputs, test_labels, args.batch_size)
                     history = train_task(model, epochs_of(train_inputs, train_labels, args.batch_size, args.seed),
@@ -599,7 +616,7 @@ def copy(args, info: dict) -> dict:
         test = copy_batch(args.test_examples, args.seq_len, args.vocab_size, form, torch.Generator().manual_seed(2))
         for name in args.models:
             for lr in args.lrs:
-                model = build_model(name, {**values, **overrides[name]}, seed=args.seed)
+                model = build_model(name, {**values, **overrides[name]}, seed=args.seed, device=args.device)
                 generator = torch.Generator().manual_seed(1)
                 batches = iter(lambda: copy_batch(args.batch_size, args.seq_len, args.vocab_size, form, generator)[:2],
                                None)
@@ -787,6 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--heads", type=int, default=2)
         sub.add_argument("--mlp-ratio", type=int, default=2, help="MLP width as a multiple of the model width")
         sub.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed")
+        sub.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         return sub
 
     mqar = task_model(section("mqar", "multi-query associative recall, zoology's definition"))
@@ -794,9 +812,9 @@ def build_parser() -> argparse.ArgumentParser:
     mqar.add_argument("--slices", nargs="+", default=["64x4", "128x8", "256x16"], help="SEQ_LENxKV_PAIRS")
     mqar.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     mqar.add_argument("--vocab-size", type=int, default=8192)
-    mqar.add_argument("--train-examples", type=int, default=4000, help="per slice (zoology: 100,000)")
+    mqar.add_argument("--train-examples", type=int, default=5000, help="per slice (zoology: 100,000)")
     mqar.add_argument("--test-examples", type=int, default=500, help="per slice (zoology: 3,000)")
-    mqar.add_argument("--epochs", type=int, default=8, help="zoology: 64")
+    mqar.add_argument("--epochs", type=int, default=4, help="zoology: 64")
     mqar.add_argument("--batch-size", type=int, default=64)
     mqar.add_argument("--power-a", type=float, default=0.01)
     mqar.add_argument("--evaluations", type=int, default=8, help="test evaluations per run (early stop at 0.99)")
