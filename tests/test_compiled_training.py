@@ -33,7 +33,8 @@ def test_compiled_training_matches_eager(tmp_path):
                                output_dir=str(tmp_path / "compiled")))
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-5)
     assert compiled["final_eval"]["loss"] == pytest.approx(eager["final_eval"]["loss"], rel=1e-5)
-    eager_weights, compiled_weights = (load_file(tmp_path / name / "model.safetensors") for name in ("eager", "compiled"))
+    eager_weights, compiled_weights = (load_file(tmp_path / folder / "model.safetensors")
+                                       for folder in ("eager", "compiled"))
     assert eager_weights.keys() == compiled_weights.keys()  # saved from the eager module: no _orig_mod. prefixes
     for name, weight in eager_weights.items():
         torch.testing.assert_close(compiled_weights[name], weight, rtol=1e-4, atol=1e-6)

@@ -159,7 +159,7 @@ RESUME_CHANGES = dict(
     learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.2, max_grad_norm=0.5, mixed_precision="bf16", seed=1,
 )
 MAY_CHANGE = {"validation_files", "gradient_checkpointing", "eval_every", "eval_blocks", "final_eval_blocks",
-              "save_every", "time_limit", "output_dir", "resume", "num_threads"}
+              "save_every", "time_limit", "output_dir", "resume", "num_threads", "compile", "compile_backend"}
 
 
 def test_resume_refuses_a_change_to_any_option_that_shapes_the_run(args):

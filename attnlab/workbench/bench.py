@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..members import BASELINES, HYBRIDS, MEMBERS, get_member
-from .benchmarking import (Measurement, bf16_autocast_is_fast, isolated, machine_description, markdown_table, measure,
+from ..members import HYBRIDS, MEMBERS, get_member
+from .benchmarking import (bf16_autocast_is_fast, isolated, machine_description, markdown_table, measure,
                            plot_series)
 
 BASELINE = "llama"
@@ -101,7 +101,8 @@ def cache_floats(cache) -> int:
     total = 0
     for layer in cache.layers:
         for value in vars(layer).values():
-            items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) \
+                else [value]
             total += sum(t.numel() for t in items if torch.is_tensor(t) and t.is_floating_point())
     return total
 
@@ -150,10 +151,11 @@ def write_report(out_dir: Path, name: str, info: dict, settings: dict, data: dic
                                                      default=str))
     warning = ("**Smoke test (--quick): these numbers are not measurements and must not be reported.**\n\n"
                if quick else "")
+    load = max(info["load_average_at_start"], info["load_average_at_end"])
+    shared = " Other jobs shared the machine: timings are disturbed." if load > 0.5 * info["cpu_count"] + 1 else ""
     header = (f"```bash\n{info['command']}\n```\n\n{warning}Machine: {info['machine']}, {info['cpu_count']} CPUs; "
               f"{info['date']}; commit {info['git_commit']}; load average {info['load_average_at_start']:.1f} at the "
-              f"start, {info['load_average_at_end']:.1f} at the end (above the CPU count, other jobs shared the "
-              f"machine and timings are disturbed).")
+              f"start, {info['load_average_at_end']:.1f} at the end.{shared}")
     (out_dir / f"{name}.md").write_text("\n\n".join([header, *sections]) + "\n")
     return out_dir / f"{name}.md"
 
@@ -259,7 +261,8 @@ def speed(args, info: dict) -> dict:
 
     medians = median_rounds(records)
     sections, out = speed_tables(args, info, medians, precisions), Path(args.output_dir)
-    sections += skipped + [f"Left out (failed): {s['label']} {s['kind']} T={s['seq_len']}" for s in skipped_measurements]
+    sections += skipped + [f"Left out (failed): {s['label']} {s['kind']} T={s['seq_len']}"
+                           for s in skipped_measurements]
     out.mkdir(parents=True, exist_ok=True)
     for preset in args.presets:
         for precision in precisions:
@@ -307,9 +310,9 @@ def speed_tables(args, info: dict, medians: list[dict], precisions: list[str]) -
                 f"median of {args.repeats} timed steps ({args.decode_tokens} decoded tokens) after warm-up, "
                 + ("every measurement in a fresh process" if args.isolate else "all in one process (--no-isolate: "
                    "peak memory means little)")
-                + " (peak memory: on CPU the growth of the process's peak RSS during the timed work). Ratios are to Llama measured in the same run (for +compile variants: to compiled Llama). "
-                "Exponents: least-squares slope of log time (per step, per forward, per token) and log peak memory "
-                "against log length."]
+                + " (peak memory: on CPU the growth of the process's peak RSS during the timed work). Ratios are to "
+                "Llama measured in the same run (for +compile variants: to compiled Llama). Exponents: least-squares "
+                "slope of log time (per step, per forward, per token) and log peak memory against log length."]
     for preset in args.presets:
         counts = info["parameters"][preset]
         sections.append(f"### Preset `{preset}`\n\nParameters: "
@@ -335,7 +338,8 @@ def speed_tables(args, info: dict, medians: list[dict], precisions: list[str]) -
                         ref = reference.get(T)
                         ratio = (r["median_s"] / ref["median_s"] if kind in ("decode", "mixer_train")
                                  else r["tokens_per_s"] / ref["tokens_per_s"]) if ref else None
-                        cells.append(f"{value:.{2 if kind == 'decode' else 0}f}" + (f" ({ratio:.2f}x)" if ratio else ""))
+                        cells.append(f"{value:.{2 if kind == 'decode' else 0}f}"
+                                     + (f" ({ratio:.2f}x)" if ratio else ""))
                     xs = sorted(by_len)
                     time_exp = fitted_exponent(xs, [by_len[T]["median_s"] for T in xs])
                     memory_exp = fitted_exponent(xs, [by_len[T]["peak_memory_mb"] for T in xs])
@@ -489,8 +493,10 @@ def mqar(args, info: dict) -> dict:
         for seq_len, kv in slices:
             values = task_model_values(args, width, args.vocab_size, seq_len)
             overrides, counts = shape_overrides(args.models, values, args.llama_match)
-            train_inputs, train_labels = mqar_examples(args.train_examples, seq_len, kv, args.vocab_size, seed=1)
-            test_inputs, test_labels = mqar_examples(args.test_examples, seq_len, kv, args.vocab_size, seed=2)
+            train_inputs, train_labels = mqar_examples(args.train_examples, seq_len, kv, args.vocab_size, seed=1,
+                                                       power_a=args.power_a)
+            test_inputs, test_labels = mqar_examples(args.test_examples, seq_len, kv, args.vocab_size, seed=2,
+                                                     power_a=args.power_a)
             steps = max(1, args.epochs * (args.train_examples // args.batch_size))
             for name in args.models:
                 model_values = {**values, **overrides[name]}
@@ -499,7 +505,10 @@ def mqar(args, info: dict) -> dict:
                 for lr in args.lrs:
                     model = build_model(name, model_values, seed=args.seed, device=args.device)
                     start = time.perf_counter()
-                    evaluate = lambda: accuracy_on_labels(model, test_inputs, test_labels, args.batch_size)
+
+                    def evaluate():
+                        return accuracy_on_labels(model, test_inputs, test_labels, args.batch_size)
+
                     history = train_task(model, epochs_of(train_inputs, train_labels, args.batch_size, args.seed),
                                          steps, lr, evaluate=evaluate, eval_every=max(1, steps // args.evaluations),
                                          stop_at=0.99)
@@ -515,7 +524,7 @@ def mqar(args, info: dict) -> dict:
         key = (run["model"], run["width"], run["seq_len"], run["num_kv_pairs"])
         if key not in best or run["accuracy"] > best[key]["accuracy"]:
             best[key] = run
-    header = ["model", "width", "parameters (L=first slice)"] + [f"L={L}, kv={kv}: acc (lr)" for L, kv in slices] + [
+    header = ["model", "width", "parameters"] + [f"L={L}, kv={kv}: acc (lr)" for L, kv in slices] + [
         f"state floats at L={L}" for L, _ in slices]
     rows = []
     for name in args.models:
@@ -638,7 +647,8 @@ def copy(args, info: dict) -> dict:
         f"Seed 003's copy task: sequences of {args.seq_len} tokens, vocabulary {args.vocab_size}; `fixed` is the "
         "seed's form (second half = first half), `variable` puts a separator after a copied segment of random length "
         f"(offset varies per sequence). Models: width {args.width}, {args.layers} layers, {args.heads} heads, "
-        f"{args.steps} AdamW steps of batch {args.batch_size} on fresh sequences (loss on every position, as the seed), "
+        f"{args.steps} AdamW steps of batch {args.batch_size} on fresh sequences (loss on every position, as the "
+        "seed), "
         f"cosine decay, learning rates {args.lrs}. Accuracy on the copied tokens only of {args.test_examples} fixed "
         "test sequences; best rate in brackets; chance is 1 / vocabulary.",
         markdown_table(["model", "parameters", *[f"{form}: copied-half accuracy (lr)" for form in args.forms]], rows),
@@ -666,7 +676,8 @@ def lm(args, info: dict) -> dict:
     def run_one(name: str, lr: float, seed: int) -> dict:
         model_overrides = {**shape_keys, **overrides[name]}
         train_args = TrainArgs(
-            model=name, preset=args.preset, config_overrides=[f"{k}={json.dumps(v)}" for k, v in model_overrides.items()],
+            model=name, preset=args.preset,
+            config_overrides=[f"{key}={json.dumps(value)}" for key, value in model_overrides.items()],
             block_size=args.block_size, batch_size=args.batch_size, max_steps=args.steps, learning_rate=lr,
             eval_every=max(1, args.steps // args.evaluations), eval_blocks=args.eval_blocks,
             final_eval_blocks=args.final_eval_blocks, save_every=0, seed=seed, num_threads=args.num_threads,
@@ -694,9 +705,9 @@ def lm(args, info: dict) -> dict:
     tokens = args.steps * args.batch_size * args.block_size
     sections = [
         f"Held-out Shakespeare plays (byte tokens), preset `{args.preset}`, block {args.block_size}, batch "
-        f"{args.batch_size}, {args.steps} steps = {tokens:,} training tokens per run for every model; AdamW with warmup "
-        f"and cosine decay (`attnlab train`). Learning rates {args.lrs} at seed {args.seeds[0]}; the best rate by "
-        f"held-out loss then runs seeds {args.seeds}. Loss and bits per byte: mean ± std over those seeds, on the "
+        f"{args.batch_size}, {args.steps} steps = {tokens:,} training tokens per run for every model; AdamW with "
+        f"warmup and cosine decay (`attnlab train`). Learning rates {args.lrs} at seed {args.seeds[0]}; the best rate "
+        f"by held-out loss then runs seeds {args.seeds}. Loss and bits per byte: mean ± std over those seeds, on the "
         f"held-out plays ({'all blocks' if args.final_eval_blocks is None else f'{args.final_eval_blocks} blocks'}). "
         "The rate is chosen on the same held-out text it is scored on, as zoology reports the best rate.",
         markdown_table(["model", "parameters", "best lr", "held-out loss (nats/byte)", "bits per byte",
@@ -760,7 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--llama-match", choices=["params", "shape"], default="params",
                          help="params: Llama's MLP sized to the mean parameter count of the others; shape: the "
                               "preset's MLP (the older per-member benchmarks)")
-        sub.add_argument("--output-dir", default="results", help="where NAME.json, NAME.md and the PNGs go")
+        sub.add_argument("--output-dir", default=None,
+                         help="where NAME.json, NAME.md and the PNGs go (default: results, or outputs/bench-quick)")
         sub.add_argument("--name", default=None, help="report name (default: the section's name)")
         sub.add_argument("--quick", action="store_true", help="smoke-test sizes (numbers meaningless)")
         return sub
@@ -848,7 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     every = sections.add_parser("all", help="every section in turn with its defaults (use with --quick)")
     every.add_argument("--quick", action="store_true")
-    every.add_argument("--output-dir", default="results")
+    every.add_argument("--output-dir", default=None)
     return parser
 
 
@@ -868,10 +880,12 @@ def main(argv: list[str] | None = None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.section == "all":
-        common = ["--output-dir", args.output_dir] + (["--quick"] if args.quick else [])
+        common = (["--output-dir", args.output_dir] if args.output_dir else []) + (["--quick"] if args.quick else [])
         for name in SECTIONS:
             main([name, *common])
         return
+    # Smoke-test reports stay out of results/ (and out of git: outputs/ is ignored).
+    args.output_dir = args.output_dir or ("outputs/bench-quick" if args.quick else "results")
     if args.quick:
         for key, value in QUICK[args.section].items():
             setattr(args, key, value)
