@@ -320,6 +320,9 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
                    tokens=state["tokens"], train_seconds=round(state["train_seconds"], 1),
                    final_eval=final.to_dict(), eval=state["eval"], train_loss=state["train_loss"], args=asdict(args),
                    num_processes=accelerator.num_processes, **step_timing(step_seconds, args.compile))
+    if args.compile and metrics["compile_seconds"] is not None:
+        accelerator.print(f"torch.compile ({args.compile_backend}): {metrics['compile_seconds']:.1f} s of compilation, "
+                          f"then {metrics['step_seconds'] * 1e3:.1f} ms per step")
     save_model(accelerator, model, tokenizer, output_dir, metrics)
     if state["step"] == args.max_steps and accelerator.is_main_process:
         # Complete: the checkpoint's pickles (optimizer, RNG states) go, leaving a folder ready for the Hub.
