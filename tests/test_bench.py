@@ -97,3 +97,16 @@ def test_quick_suite_through_the_cli(tmp_path):
     lm = json.loads((tmp_path / "lm-quick.json").read_text())
     assert len(lm["sweep"]) == 2 * len(bench.DEFAULT_MODELS) and set(lm["best_lr"]) == set(bench.DEFAULT_MODELS)
     assert (tmp_path / "mqar-quick.png").exists() and (tmp_path / "speed-quick-tiny-fp32.png").exists()
+
+
+def test_speed_compares_compiled_with_eager(tmp_path):
+    # The eager backend (dynamo's capture only) keeps this fast; inductor is what the real runs use.
+    report = bench.main(["speed", "--models", "llama", "elita", "--presets", "tiny", "--kinds", "train",
+                         "--train-lengths", "32", "--linear-lengths", "--rounds", "1", "--repeats", "1",
+                         "--precisions", "fp32", "--compile", "--compile-backend", "eager", "--no-isolate",
+                         "--output-dir", str(tmp_path)])
+    text = report.read_text()
+    assert "eager against torch.compile" in text and "| elita +compile |" in text
+    records = json.loads(report.with_suffix(".json").read_text())["records"]
+    assert {(r["label"], r["compile_s"] is not None) for r in records} == {
+        ("llama", False), ("elita", False), ("llama +compile", True), ("elita +compile", True)}

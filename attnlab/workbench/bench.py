@@ -231,7 +231,7 @@ def speed(args, info: dict) -> dict:
                         settings = dict(repeats=args.decode_tokens if kind == "decode" else args.repeats,
                                         warmup=3 if kind == "decode" else 1, autocast=autocast, device=device,
                                         vocab_size=args.vocab_size, overrides=overrides[name], mixer=mixer,
-                                        compile=compiled)
+                                        compile=compiled, compile_backend=args.compile_backend)
                         try:
                             result = (isolated if args.isolate else measure)(kind, name, preset, args.batch_size, T,
                                                                              **settings)
@@ -799,7 +799,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "where it is fast")
     speed.add_argument("--force-bf16", action="store_true")
     speed.add_argument("--compile", action="store_true",
-                       help="also measure torch.compile (inductor) of every variant; compile time reported apart")
+                       help="also measure torch.compile of every variant; compile time reported apart")
+    speed.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
     speed.add_argument("--mixer", action="append", default=[], metavar="MODEL=module:Class",
                        help="also measure MODEL with every layer's mixer swapped for this class, same weights (e.g. "
                             "a seed's literal module)")

@@ -244,12 +244,13 @@ MEASURES = {"train": measure_training, "forward": measure_forward, "decode": mea
 
 def measure(kind: str, model_name: str, preset: str, batch_size: int, seq_len: int, repeats: int = 3,
             warmup: int = 1, autocast: bool | None = None, device: str | None = None, vocab_size: int = 512,
-            overrides: dict | None = None, mixer: str | None = None, compile: bool = False) -> Measurement:
+            overrides: dict | None = None, mixer: str | None = None, compile: bool = False,
+            compile_backend: str = "inductor") -> Measurement:
     """One measurement in this process (use `isolated` to get a fresh process and a clean memory peak).
 
     `autocast=None` uses bf16 autocast where it is fast (see `bf16_autocast_is_fast`), fp32 otherwise; `mixer`
     swaps another mixer class into an attnlab member (see `swap_mixers`); `compile` measures `torch.compile(model)`
-    (inductor), after one untimed call whose wall time, the compilation, is reported as `compile_s`."""
+    (with `compile_backend`), after one untimed call whose wall time, the compilation, is reported as `compile_s`."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if autocast is None:
         autocast = bf16_autocast_is_fast(device.type)
@@ -258,7 +259,7 @@ def measure(kind: str, model_name: str, preset: str, batch_size: int, seq_len: i
                         **(overrides or {}))
     compile_s = None
     if compile:
-        model = torch.compile(model)
+        model = torch.compile(model, backend=compile_backend)
         start = time.perf_counter()
         MEASURES[kind](model, batch_size, seq_len, 1, 0, autocast)
         compile_s = time.perf_counter() - start
