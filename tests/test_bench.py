@@ -110,3 +110,10 @@ def test_speed_compares_compiled_with_eager(tmp_path):
     records = json.loads(report.with_suffix(".json").read_text())["records"]
     assert {(r["label"], r["compile_s"] is not None) for r in records} == {
         ("llama", False), ("elita", False), ("llama +compile", True), ("elita +compile", True)}
+
+
+def test_only_fixed_state_stacks_run_past_the_quadratic_lengths():
+    assert bench.is_linear("elita", "tiny") and bench.is_linear("elita", "small")
+    # A 2-layer elita hybrid has an attention layer (its last), so it is not measured at the long lengths.
+    assert not bench.is_linear("elita_attention", "tiny") and not bench.is_linear("elita_attention", "small")
+    assert not any(bench.is_linear(name, "small") for name in ("triple_product", "evolving", "llama"))

@@ -181,7 +181,7 @@ def is_linear(name: str, preset: str) -> bool:
     member = get_member(name)
     if member.is_baseline:
         return False
-    config = member.preset_config(preset)
+    config = build_config(name, _preset_values(preset, vocab_size=256))  # with a shallow hybrid's attention layer
     return member.config_class.own_mixer_cache_kind == "linear_attention" and "attention" not in config.mixer_types
 
 
