@@ -11,4 +11,4 @@ test: setup
 	.venv/bin/python -m pytest -q tests
 
 bench: setup
-	.venv/bin/python scripts/bench_triple_product.py
+	.venv/bin/python -m attnlab bench speed

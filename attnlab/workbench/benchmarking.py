@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ..modeling_common import CACHE_FIELD
+
 
 @dataclass
 class Measurement:
@@ -201,14 +203,14 @@ def measure_decode(model, batch_size: int, context: int, repeats: int, warmup: i
     ids = torch.randint(0, model.config.vocab_size, (batch_size, context), device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         prefill = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    cache, token = prefill.past_key_values, ids[:, -1:]
+    cache, token = getattr(prefill, CACHE_FIELD), ids[:, -1:]
     # Each timed step decodes one more token on the same growing cache: at most warmup + repeats extra positions.
 
     def decode_one():
         nonlocal cache
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+            out = model(input_ids=token, use_cache=True, **{CACHE_FIELD: cache})
+        cache = getattr(out, CACHE_FIELD)
 
     with PeakMemory(device) as memory:
         times = _timed(decode_one, device, repeats, warmup)
@@ -244,12 +246,13 @@ MEASURES = {"train": measure_training, "forward": measure_forward, "decode": mea
 
 def measure(kind: str, model_name: str, preset: str, batch_size: int, seq_len: int, repeats: int = 3,
             warmup: int = 1, autocast: bool | None = None, device: str | None = None, vocab_size: int = 512,
-            overrides: dict | None = None, mixer: str | None = None, compile: bool = False) -> Measurement:
+            overrides: dict | None = None, mixer: str | None = None, compile: bool = False,
+            compile_backend: str = "inductor") -> Measurement:
     """One measurement in this process (use `isolated` to get a fresh process and a clean memory peak).
 
     `autocast=None` uses bf16 autocast where it is fast (see `bf16_autocast_is_fast`), fp32 otherwise; `mixer`
     swaps another mixer class into an attnlab member (see `swap_mixers`); `compile` measures `torch.compile(model)`
-    (inductor), after one untimed call whose wall time, the compilation, is reported as `compile_s`."""
+    (with `compile_backend`), after one untimed call whose wall time, the compilation, is reported as `compile_s`."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if autocast is None:
         autocast = bf16_autocast_is_fast(device.type)
@@ -258,7 +261,7 @@ def measure(kind: str, model_name: str, preset: str, batch_size: int, seq_len: i
                         **(overrides or {}))
     compile_s = None
     if compile:
-        model = torch.compile(model)
+        model = torch.compile(model, backend=compile_backend)
         start = time.perf_counter()
         MEASURES[kind](model, batch_size, seq_len, 1, 0, autocast)
         compile_s = time.perf_counter() - start

@@ -9,6 +9,7 @@
     attnlab push outputs/run your-name/my-model                           # check, write the card, upload
     attnlab audit outputs/run                                             # causality and cache checks (--json)
     attnlab demo
+    attnlab bench speed --presets tiny small --compile                    # benchmark suite: speed, mqar, copy, lm
     attnlab train --model vqlnmlp --csv_file series.csv --column value     # time series: see timeseries.py
     attnlab forecast outputs/vq --horizon 96
 
@@ -32,6 +33,7 @@ import transformers
 from transformers import AutoModelForCausalLM, HfArgumentParser
 
 from . import audit
+from . import bench as benchmark_suite
 from .data import load_text_splits, pack_blocks, token_stream
 from .evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
 from . import timeseries
@@ -293,6 +295,12 @@ def build_parser() -> HfArgumentParser:
                       help="the demo's folder: new, empty, or an earlier demo's (which is replaced)")
     demo.add_argument("--prompt", default="ROMEO:\n", help="the prompt of the printed sample")
     demo.set_defaults(func=demo_command)
+
+    # The benchmark suite parses its own options (attnlab/workbench/bench.py); '+' as prefix hands it '--help' too.
+    bench = commands.add_parser("bench", help="every member, hybrid and Llama side by side: speed, mqar, copy, lm",
+                                add_help=False, prefix_chars="+")
+    bench.add_argument("bench_args", nargs="...", help="a section and its options (attnlab bench --help)")
+    bench.set_defaults(func=lambda args: benchmark_suite.main(args.bench_args))
     return parser
 
 

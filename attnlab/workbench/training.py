@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -80,6 +81,11 @@ class TrainArgs:
     mixed_precision: Literal["no", "bf16", "fp16"] | None = field(default=None, metadata={
         "help": "'no' (fp32) or bf16 / fp16 autocast (default: accelerate launch's --mixed_precision, else 'no': "
                 "fp32 is the fastest on CPUs without native bf16)"})
+    compile: bool = field(default=False, metadata={
+        "help": "run the training forward and backward through torch.compile; the first step (mostly compilation) "
+                "is reported apart as compile_seconds, evaluation and saving stay eager"})
+    compile_backend: str = field(default="inductor", metadata={
+        "help": "torch.compile backend for --compile: inductor, or aot_eager / eager to trace without generating code"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute each layer in the backward pass: less memory, ~30%% more time"})
     eval_every: int = field(default=50, metadata={"help": "evaluate on held-out blocks every N steps (0: only at the end)"})
@@ -106,7 +112,7 @@ class TrainArgs:
 # A checkpoint can only be continued by a run that agrees on every option but these (limits, logging, paths), so an
 # option added later is part of the check unless it is listed here.
 RESUME_FREE_KEYS = ("eval_every", "eval_blocks", "final_eval_blocks", "save_every", "time_limit", "output_dir",
-                    "resume", "overwrite_output_dir", "num_threads")
+                    "resume", "overwrite_output_dir", "num_threads", "compile", "compile_backend")
 RESUME_KEYS = tuple(name for name in TrainArgs.__dataclass_fields__ if name not in RESUME_FREE_KEYS)
 _DEFAULTS = asdict(TrainArgs())
 
@@ -467,6 +473,9 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     train_loader = DataLoader(train_blocks.select_columns(["input_ids"]), batch_size=args.batch_size, shuffle=True,
                               drop_last=True, collate_fn=default_data_collator, generator=torch.Generator())
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    # Only the training step runs compiled: evaluation (other shapes, no grad) and saving use the prepared module,
+    # which shares the weights, so neither triggers a recompilation nor sees torch.compile's wrapper.
+    forward = torch.compile(model, backend=args.compile_backend) if args.compile else model
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_blocks)} training blocks are fewer than one batch of {args.batch_size} per "
                          f"process ({accelerator.num_processes} processes); lower --batch_size or --block_size")
@@ -492,11 +501,11 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     start, start_step = time.perf_counter(), state["step"]
     seconds_before = state["train_seconds"]
     model.train()
-    step_losses = []
+    step_losses, step_seconds, step_start = [], [], start
     for batch in endless_batches(accelerator, train_loader, state["batches"]):
         with accelerator.accumulate(model):
             # The model shifts the labels itself, as in its own loss_function.
-            loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False).loss
+            loss = forward(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False).loss
             accelerator.backward(loss)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -513,6 +522,7 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
         state["tokens"] += tokens_per_step
         state["train_seconds"] = seconds_before + time.perf_counter() - start
         state["train_loss"].append(step_loss)
+        step_seconds.append(time.perf_counter() - step_start)
         speed = tokens_per_step * (state["step"] - start_step) / (time.perf_counter() - start)
         progress.update()
         progress.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{speed:,.0f}")
@@ -529,6 +539,7 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
             on_step(state["step"], step_loss)
         if done or out_of_time:
             break
+        step_start = time.perf_counter()  # evaluations and checkpoints are not step time
     progress.close()
     if state["step"] < args.max_steps:
         accelerator.print(f"time limit of {args.time_limit:g} s reached at step {state['step']} of {args.max_steps}; "
@@ -538,12 +549,25 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     metrics = dict(model=args.model, preset=args.preset, parameters=num_parameters, steps=state["step"],
                    tokens=state["tokens"], train_seconds=round(state["train_seconds"], 1),
                    final_eval=final.to_dict(), eval=state["eval"], train_loss=state["train_loss"], args=asdict(args),
-                   num_processes=accelerator.num_processes)
+                   num_processes=accelerator.num_processes, **step_timing(step_seconds, args.compile))
+    if args.compile and metrics["compile_seconds"] is not None:
+        accelerator.print(f"torch.compile ({args.compile_backend}): {metrics['compile_seconds']:.1f} s of compilation, "
+                          f"then {metrics['step_seconds'] * 1e3:.1f} ms per step")
     save_model(accelerator, model, tokenizer, output_dir, metrics)
     if state["step"] == args.max_steps and accelerator.is_main_process:
         # Complete: the checkpoint's pickles (optimizer, RNG states) go, leaving a folder ready for the Hub.
         shutil.rmtree(last_checkpoint(output_dir), ignore_errors=True)
     return metrics
+
+
+def step_timing(step_seconds: list[float], compiled: bool) -> dict:
+    """This process's median step time after the first, and, when compiling, the first step's extra time (the
+    compilation)."""
+    if len(step_seconds) < 2:
+        return dict(step_seconds=None, compile_seconds=None)
+    median = statistics.median(step_seconds[1:])
+    return dict(step_seconds=round(median, 4),
+                compile_seconds=round(step_seconds[0] - median, 2) if compiled else None)
 
 
 def endless_batches(accelerator: Accelerator, loader, batches_done: int):

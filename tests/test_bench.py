@@ -1,0 +1,119 @@
+"""The benchmark suite (attnlab/workbench/bench.py): the task definitions its numbers rest on, the equal-size and
+state-size bookkeeping, and `attnlab bench all --quick` end to end (the CI smoke test; its numbers mean nothing)."""
+
+import json
+
+import pytest
+import torch
+
+from attnlab.members import HYBRIDS, MEMBERS
+from attnlab.workbench import bench
+from attnlab.workbench.cli import main as cli_main
+
+
+def test_mqar_follows_zoology_definition():
+    vocab, seq_len, kv = 512, 256, 16
+    inputs, labels = bench.mqar_examples(200, seq_len, kv, vocab, seed=0)
+    assert inputs.shape == labels.shape == (200, seq_len)
+    gaps = []
+    for row_inputs, row_labels in zip(inputs.tolist(), labels.tolist()):
+        keys, values = row_inputs[0:2 * kv:2], row_inputs[1:2 * kv:2]
+        assert len(set(keys)) == kv and all(1 <= k < vocab // 2 for k in keys)
+        assert all(vocab // 2 <= v < vocab for v in values)
+        pairs = dict(zip(keys, values))
+        queried = [i for i, label in enumerate(row_labels) if label != bench.IGNORE_INDEX]
+        # Every key is queried once, at an even offset of the query region, labelled with its own value ...
+        assert sorted(row_inputs[i] for i in queried) == sorted(keys)
+        assert all((i - 2 * kv) % 2 == 0 and i >= 2 * kv for i in queried)
+        assert all(row_labels[i] == pairs[row_inputs[i]] for i in queried)
+        # ... and the rest of the query region is zeros (zoology's Figure 2 setting).
+        assert all(row_inputs[i] == 0 for i in range(2 * kv, seq_len) if i not in queried)
+        gaps += [(i - 2 * kv) // 2 for i in queried]
+    # Power-law gaps: far more queries near the context than uniform slots would put there (a quarter).
+    space = (seq_len - 2 * kv) // 2
+    assert sum(g < space // 4 for g in gaps) / len(gaps) > 0.4
+    noisy, noisy_labels = bench.mqar_examples(20, seq_len, kv, vocab, seed=0, random_non_queries=True)
+    assert torch.equal(noisy_labels, labels[:20]) and (noisy[:, 2 * kv:] != 0).float().mean() > 0.9
+    with pytest.raises(ValueError, match="vocab_size"):
+        bench.mqar_examples(1, 64, 4, 64, seed=0)
+
+
+def fixed_offset_accuracy(inputs, scored, offset):
+    """Accuracy of the head that predicts the token `offset` positions back, on the scored positions."""
+    predictions = torch.roll(inputs, offset, dims=1)
+    keep = scored != bench.IGNORE_INDEX
+    keep[:, :offset] = False
+    return (predictions[keep] == scored[keep]).float().mean().item()
+
+
+def test_copy_task_forms():
+    generator = torch.Generator().manual_seed(0)
+    inputs, targets, scored = bench.copy_batch(64, 64, 32, "fixed", generator)
+    assert inputs.shape == targets.shape == scored.shape == (64, 63)
+    assert torch.equal(inputs[:, 1:], targets[:, :-1])
+    # The seed's form: the copied half (targets from position half - 1 on) is solved by a fixed offset.
+    assert (scored[:, :31] == bench.IGNORE_INDEX).all() and (scored[:, 31:] != bench.IGNORE_INDEX).all()
+    assert fixed_offset_accuracy(inputs, scored, 31) == 1.0
+    inputs, targets, scored = bench.copy_batch(64, 64, 32, "variable", generator)
+    for row_inputs, row_scored in zip(inputs, scored):
+        m = int((row_inputs == 0).nonzero()[0])  # the separator follows the segment
+        assert torch.equal(row_scored[row_scored != bench.IGNORE_INDEX], row_inputs[:m])
+    # No single offset solves the variable form.
+    assert max(fixed_offset_accuracy(inputs, scored, offset) for offset in range(1, 40)) < 0.5
+
+
+def test_decoding_state_floats():
+    values = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  max_position_embeddings=128)
+    llama = bench.build_model("llama", values)
+    # Keys and values of every layer and position.
+    assert bench.decoding_state_floats(llama, 40) == 2 * 2 * 32 * 40
+    elita = bench.build_model("elita", values)
+    assert bench.decoding_state_floats(elita, 16) == bench.decoding_state_floats(elita, 64) > 0
+
+
+def test_llama_matched_to_the_mean_and_shallow_hybrids_keep_attention():
+    values = dict(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                  max_position_embeddings=64)
+    models = [*MEMBERS, *HYBRIDS, "llama"]
+    overrides, counts = bench.shape_overrides(models, values, "params")
+    mean = sum(counts[name] for name in models if name != "llama") / (len(models) - 1)
+    assert abs(counts["llama"] - mean) / mean < 0.01
+    for name in HYBRIDS:
+        assert overrides[name]["mixer_types"][-1] == "attention"
+        assert bench.build_config(name, {**values, **overrides[name]}).mixer_types[-1] == "attention"
+
+
+def test_quick_suite_through_the_cli(tmp_path):
+    cli_main(["bench", "all", "--quick", "--output-dir", str(tmp_path)])
+    for section in bench.SECTIONS:
+        report = json.loads((tmp_path / f"{section}-quick.json").read_text())
+        assert report["info"]["quick"] and report["info"]["command"].startswith("attnlab bench")
+        assert report["info"]["machine"] and report["info"]["date"]
+        assert "Smoke test" in (tmp_path / f"{section}-quick.md").read_text()
+    speed = json.loads((tmp_path / "speed-quick.json").read_text())
+    assert {r["model"] for r in speed["records"]} == {*MEMBERS, *HYBRIDS, "llama"}
+    assert {r["kind"] for r in speed["records"]} == {"train", "forward", "decode"}
+    lm = json.loads((tmp_path / "lm-quick.json").read_text())
+    assert len(lm["sweep"]) == 2 * len(bench.DEFAULT_MODELS) and set(lm["best_lr"]) == set(bench.DEFAULT_MODELS)
+    assert (tmp_path / "mqar-quick.png").exists() and (tmp_path / "speed-quick-tiny-fp32.png").exists()
+
+
+def test_speed_compares_compiled_with_eager(tmp_path):
+    # The eager backend (dynamo's capture only) keeps this fast; inductor is what the real runs use.
+    report = bench.main(["speed", "--models", "llama", "elita", "--presets", "tiny", "--kinds", "train",
+                         "--train-lengths", "32", "--linear-lengths", "--rounds", "1", "--repeats", "1",
+                         "--precisions", "fp32", "--compile", "--compile-backend", "eager", "--no-isolate",
+                         "--output-dir", str(tmp_path)])
+    text = report.read_text()
+    assert "eager against torch.compile" in text and "| elita +compile |" in text
+    records = json.loads(report.with_suffix(".json").read_text())["records"]
+    assert {(r["label"], r["compile_s"] is not None) for r in records} == {
+        ("llama", False), ("elita", False), ("llama +compile", True), ("elita +compile", True)}
+
+
+def test_only_fixed_state_stacks_run_past_the_quadratic_lengths():
+    assert bench.is_linear("elita", "tiny") and bench.is_linear("elita", "small")
+    # A 2-layer elita hybrid has an attention layer (its last), so it is not measured at the long lengths.
+    assert not bench.is_linear("elita_attention", "tiny") and not bench.is_linear("elita_attention", "small")
+    assert not any(bench.is_linear(name, "small") for name in ("triple_product", "evolving", "llama"))
