@@ -197,6 +197,32 @@ def check_cache(cache: Cache, config) -> None:
                          "as DynamicCache(config=model.config), as generate() does")
 
 
+def prepare_stack_inputs(model, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, kwargs):
+    """What every attnlab stack does first: check the inputs, embed them, take the cache (transformers'
+    `DynamicCache(config)` when none is given, none when not caching), and derive the token mask and positions.
+    Returns (inputs_embeds, cache, past_length, token_mask, position_ids)."""
+    if kwargs.get("output_attentions"):
+        raise ValueError(f"{type(model).__name__} does not return attention weights (output_attentions=True)")
+    use_cache = model.config.use_cache if use_cache is None else use_cache
+    if model.training and torch.is_grad_enabled() and any(layer.gradient_checkpointing for layer in model.layers):
+        use_cache = False  # the backward pass replays each layer, which would write its cache slot twice
+    check_inputs(model.config, input_ids, inputs_embeds)
+    if inputs_embeds is None:
+        inputs_embeds = model.embed_tokens(input_ids)
+    if not use_cache:
+        cache = None
+    elif cache is None:
+        cache = DynamicCache(config=model.config)
+    else:
+        check_cache(cache, model.config)
+    past_length = cache.get_seq_length() if cache is not None else 0
+    token_mask = tokens_from_attention_mask(attention_mask, inputs_embeds, past_length)
+    if position_ids is None:
+        position_ids = positions_from_mask(token_mask, inputs_embeds, past_length)
+    check_positions(model.config, position_ids, inputs_embeds)
+    return inputs_embeds, cache, past_length, token_mask, position_ids
+
+
 class AttnlabDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm residual block around a pluggable sequence mixer and feed-forward."""
 
@@ -278,27 +304,10 @@ class AttnlabModel(AttnlabPreTrainedModel):
         cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        cache = either_cache_name(cache, past_key_values)
-        if kwargs.get("output_attentions"):
-            raise ValueError(f"{type(self).__name__} does not return attention weights (output_attentions=True)")
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if self.training and torch.is_grad_enabled() and any(layer.gradient_checkpointing for layer in self.layers):
-            use_cache = False  # the backward pass replays each layer, which would write its cache slot twice
-        check_inputs(self.config, input_ids, inputs_embeds)
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        if not use_cache:
-            cache = None
-        elif cache is None:
-            cache = DynamicCache(config=self.config)
-        else:
-            check_cache(cache, self.config)
-        past_length = cache.get_seq_length() if cache is not None else 0
+        inputs_embeds, cache, past_length, token_mask, position_ids = prepare_stack_inputs(
+            self, input_ids, inputs_embeds, attention_mask, position_ids, either_cache_name(cache, past_key_values),
+            use_cache, kwargs)
         batch, length = inputs_embeds.shape[:2]
-        token_mask = tokens_from_attention_mask(attention_mask, inputs_embeds, past_length)
-        if position_ids is None:
-            position_ids = positions_from_mask(token_mask, inputs_embeds, past_length)
-        check_positions(self.config, position_ids, inputs_embeds)
         if cache is not None and self.config.records_length:
             record_length(cache, length, batch, inputs_embeds.device)
 

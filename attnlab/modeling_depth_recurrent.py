@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
@@ -34,16 +34,12 @@ from .modeling_common import (
     AttnlabRotaryEmbedding,
     apply_rotary,
     causal_attention,
-    check_cache,
-    check_inputs,
     check_labels,
-    check_positions,
     either_cache_name,
     merge_heads,
-    positions_from_mask,
+    prepare_stack_inputs,
     read_recurrent_states,
     split_heads,
-    tokens_from_attention_mask,
     write_recurrent_states,
 )
 
@@ -263,26 +259,9 @@ class DepthRecurrentModel(DepthRecurrentPreTrainedModel):
         cache: Cache | None = None,
         **kwargs,
     ) -> DepthRecurrentModelOutput:
-        past_key_values = either_cache_name(cache, past_key_values)
-        if kwargs.get("output_attentions"):
-            raise ValueError(f"{type(self).__name__} does not return attention weights (output_attentions=True)")
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if self.training and torch.is_grad_enabled() and any(block.gradient_checkpointing for block in self.layers):
-            use_cache = False  # the backward pass replays each block, which would write its cache slot twice
-        check_inputs(self.config, input_ids, inputs_embeds)
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        if not use_cache:
-            past_key_values = None
-        elif past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        else:
-            check_cache(past_key_values, self.config)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        token_mask = tokens_from_attention_mask(attention_mask, inputs_embeds, past_length)
-        if position_ids is None:
-            position_ids = positions_from_mask(token_mask, inputs_embeds, past_length)
-        check_positions(self.config, position_ids, inputs_embeds)
+        inputs_embeds, past_key_values, past_length, token_mask, position_ids = prepare_stack_inputs(
+            self, input_ids, inputs_embeds, attention_mask, position_ids, either_cache_name(cache, past_key_values),
+            use_cache, kwargs)
 
         config, blocks = self.config, self.config.num_unique_layers
         position_embeddings = self.rotary_emb(position_ids)

@@ -11,7 +11,6 @@ import gzip
 import logging
 import os
 import re
-from collections.abc import Iterable
 from importlib import resources
 
 import pyarrow as pa

@@ -15,7 +15,6 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from .benchmarking import machine_description
-from ..members import get_member
 from ..tokenization_attnlab import byte_tokenizer
 from .training import TrainArgs, build_config, parse_overrides, train
 

@@ -6,7 +6,6 @@ attnlab is not installed. `publish` checks that, adds a model card and uploads w
 """
 
 import json
-import os
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
