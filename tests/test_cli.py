@@ -14,7 +14,7 @@ import torch
 from huggingface_hub import constants
 
 from attnlab.members import MEMBERS
-from attnlab.workbench import cli
+from attnlab.workbench import bench, cli
 from attnlab.workbench.cli import build_parser, check_demo_folder, generate_text, main
 from attnlab.workbench.data import shakespeare_text
 from attnlab.workbench.evaluation import load_model_and_tokenizer
@@ -191,11 +191,11 @@ def test_too_short_data_names_the_split(args, tmp_path, capsys):
 
 def test_every_option_an_error_suggests_exists():
     """Messages suggest options by name: each `--name` in the workbench's source is a real option."""
-    parser = build_parser()
     options = set()
-    for action in parser._subparsers._group_actions:
-        for subparser in action.choices.values():
-            options |= {s for a in subparser._actions for s in a.option_strings}
+    for parser in (build_parser(), bench.build_parser()):  # `attnlab bench` parses its own options
+        for action in parser._subparsers._group_actions:
+            for subparser in action.choices.values():
+                options |= {s for a in subparser._actions for s in a.option_strings}
     named = set()
     for module in ("cli", "training", "data", "evaluation", "hub", "audit"):
         named |= set(re.findall(r"(?<![\w-])--[a-z][a-z_-]+", (WORKBENCH / f"{module}.py").read_text()))
