@@ -380,6 +380,8 @@ class AttnlabForCausalLM(AttnlabPreTrainedModel, GenerationMixin):
         if labels is not None:
             check_labels(labels, outputs.last_hidden_state, self.config.vocab_size)
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if self.training:
+                loss = self.add_training_losses(loss, logits, labels, outputs)
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
         )
@@ -387,6 +389,11 @@ class AttnlabForCausalLM(AttnlabPreTrainedModel, GenerationMixin):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Final hidden states -> logits. Members with extra layers on the head override this."""
         return self.lm_head(hidden_states)
+
+    def add_training_losses(self, loss, logits, labels, outputs) -> torch.Tensor:
+        """The training loss from the cross-entropy. Members with regularisers (evaluated only in training mode, so
+        held-out losses stay comparable) override this."""
+        return loss
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,24 +21,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from .configuration_depth_recurrent import DepthRecurrentConfig
 from .modeling_common import (
     CACHE_FIELD,
+    AttnlabForCausalLM,
     AttnlabRotaryEmbedding,
     apply_rotary,
     causal_attention,
-    check_labels,
     either_cache_name,
     merge_heads,
     prepare_stack_inputs,
     read_recurrent_states,
+    register_for_auto_classes,
     split_heads,
     write_recurrent_states,
 )
@@ -355,60 +355,27 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.log() + (1 - p) * (1 - p).log())
 
 
-class DepthRecurrentForCausalLM(DepthRecurrentPreTrainedModel, GenerationMixin):
+class DepthRecurrentForCausalLM(DepthRecurrentPreTrainedModel, AttnlabForCausalLM):
     """Causal LM head tied to the input embedding's E, logits soft-capped. In training mode the loss also carries the
     techniques' regularisers and the entropy bonus; in eval mode it is the cross-entropy alone."""
 
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    base_model_class = DepthRecurrentModel
 
     def __init__(self, config: DepthRecurrentConfig):
         super().__init__(config)
-        self.model = DepthRecurrentModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         # Training forwards with labels so far: the entropy bonus decays with it. Saved, so a resumed run continues it.
         self.register_buffer("training_step", torch.zeros((), dtype=torch.long))
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        output_hidden_states: bool | None = None,
-        cache: Cache | None = None,
-        **kwargs,
-    ) -> CausalLMOutputWithPast:
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=either_cache_name(cache, past_key_values),
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
-            output_attentions=kwargs.pop("output_attentions", None),
-        )
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(hidden_states)
         cap = self.config.final_logit_softcapping
-        if cap is not None:
-            logits = cap * torch.tanh(logits / cap)
-        loss = None
-        if labels is not None:
-            check_labels(labels, outputs.last_hidden_state, self.config.vocab_size)
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-            if self.training:
-                loss = loss + self.training_regularisers(logits, labels, outputs.aux_loss)
-                self.training_step += 1
-        return CausalLMOutputWithPast(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
-        )
+        return logits if cap is None else cap * torch.tanh(logits / cap)
+
+    def add_training_losses(self, loss, logits, labels, outputs) -> torch.Tensor:
+        loss = loss + self.training_regularisers(logits, labels, outputs.aux_loss)
+        self.training_step += 1
+        return loss
 
     def training_regularisers(self, logits, labels, aux_loss) -> torch.Tensor:
         """aux_loss minus the entropy bonus: coefficient * mean predictive entropy over the scored positions."""
@@ -424,8 +391,6 @@ class DepthRecurrentForCausalLM(DepthRecurrentPreTrainedModel, GenerationMixin):
         return total
 
 
-DepthRecurrentConfig.register_for_auto_class()
-DepthRecurrentModel.register_for_auto_class("AutoModel")
-DepthRecurrentForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+register_for_auto_classes(DepthRecurrentConfig, DepthRecurrentModel, DepthRecurrentForCausalLM)
 
 __all__ = ["DepthRecurrentForCausalLM", "DepthRecurrentModel", "DepthRecurrentPreTrainedModel"]

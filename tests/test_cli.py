@@ -24,22 +24,6 @@ from attnlab.tokenization_attnlab import byte_tokenizer
 WORKBENCH = Path(cli.__file__).parent
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def text_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("text")
-    text = shakespeare_text()
-    (folder / "train.txt").write_text(text[:2000])
-    (folder / "valid.txt").write_text(text[2000:2600])
-    return [str(folder / "train.txt")], [str(folder / "valid.txt")]
-
-
 @pytest.fixture
 def args(text_files, tmp_path):
     train_files, validation_files = text_files
