@@ -20,7 +20,6 @@ r is query-side, so the KV cache is transformers' DynamicCache of rotated k and 
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .configuration_triple_product import TripleProductConfig
 from .modeling_common import (
@@ -46,11 +45,58 @@ def query_plane(q: torch.Tensor, r: torch.Tensor, scale: float) -> tuple[torch.T
     return s, t, scale * r_norm2 * q_perp_norm2
 
 
-def _chunk_attention(s, t, row_weight, k, v, key_norm2, token_mask, query_start: int):
-    scores = (s @ k.transpose(-1, -2)).square() + (t @ k.transpose(-1, -2)).square() - row_weight * key_norm2
-    allowed = causal_padding_mask(token_mask, query_start, s.shape[2], k.shape[2], s.device)
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v
+def chunk_scores(st, row_weight, k, key_norm2, token_mask, query_start: int):
+    """The chunk's masked scores (s.k)^2 + (t.k)^2 - row_weight |k|^2 [B, H, C, S] and the projections (s.k, t.k)
+    [B, H, 2, C, S] they are squares of; `st` is s and t stacked, [B, H, 2, C, D]."""
+    projections = st @ k.transpose(-1, -2).unsqueeze(2)
+    allowed = causal_padding_mask(token_mask, query_start, st.shape[3], k.shape[2], st.device)
+    scores = torch.addcmul(-row_weight * key_norm2, projections[:, :, 0], projections[:, :, 0])
+    scores.addcmul_(projections[:, :, 1], projections[:, :, 1]).masked_fill_(~allowed, float("-inf"))
+    return scores, projections
+
+
+class ChunkAttention(torch.autograd.Function):
+    """softmax(chunk_scores) @ v for one chunk of queries, with the backward pass written out. Autograd's generic
+    one keeps and re-reads a dozen [C, S] intermediates (the squares, their sum, the masked copy, a zero-filled gradient
+    per mask) where a few passes suffice. With `keep_scores` the projections and probabilities are kept for the
+    backward pass; without, only each row's log normaliser is, and the backward pass recomputes the scores from it
+    (as flash attention does), so no [C, S] tensor outlives its chunk."""
+
+    @staticmethod
+    def forward(ctx, st, row_weight, k, v, key_norm2, token_mask, query_start: int, keep_scores: bool):
+        scores, projections = chunk_scores(st, row_weight, k, key_norm2, token_mask, query_start)
+        if keep_scores:
+            probabilities = torch.softmax(scores, dim=-1)
+            kept = (projections, probabilities)
+        else:
+            log_normaliser = torch.logsumexp(scores, dim=-1, keepdim=True)
+            probabilities = scores.sub_(log_normaliser).exp_()
+            kept = (token_mask, log_normaliser)
+        out = probabilities @ v
+        ctx.keep_scores, ctx.query_start = keep_scores, query_start
+        ctx.save_for_backward(st, row_weight, k, v, key_norm2, out, *kept)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        st, row_weight, k, v, key_norm2, out, *kept = ctx.saved_tensors
+        if ctx.keep_scores:
+            projections, probabilities = kept
+        else:
+            token_mask, log_normaliser = kept
+            scores, projections = chunk_scores(st, row_weight, k, key_norm2, token_mask, ctx.query_start)
+            probabilities = scores.sub_(log_normaliser).exp_()
+        grad_v = probabilities.transpose(-1, -2) @ grad_out
+        # softmax's backward, P (dP - sum_j P dP) with sum_j P dP = grad_out . out; zero where masked (P = 0 there)
+        grad_scores = (grad_out @ v.transpose(-1, -2)).sub_((grad_out * out).sum(-1, keepdim=True)).mul_(probabilities)
+        # scores = a^2 + b^2 - w n, so d/d(a, b) = 2 (a, b) grad_scores; the 2 is applied to the small products
+        half_grad_projections = projections * grad_scores.unsqueeze(2)
+        grad_st = 2 * (half_grad_projections @ k.unsqueeze(2))
+        grad_k = 2 * (half_grad_projections.transpose(-1, -2) @ st).sum(2)
+        grad_row_weight = -(grad_scores @ key_norm2.transpose(-1, -2))
+        grad_key_norm2 = -(row_weight.transpose(-1, -2) @ grad_scores)
+        return grad_st, grad_row_weight, grad_k, grad_v, grad_key_norm2, None, None, None
 
 
 def triple_product_attention(q, k, r, v, token_mask, scale: float, chunk_size: int,
@@ -58,26 +104,24 @@ def triple_product_attention(q, k, r, v, token_mask, scale: float, chunk_size: i
     """q, r [B, H, T, D] at positions past..past+T-1; k, v [B, H, S, D] with S = past + T. Returns [B, H, T, D] fp32.
 
     Queries are processed in chunks that only see the keys up to their own position. When gradients are needed and
-    the layer's whole fp32 score tensor [B, H, T, S] would take more than `recompute_above_bytes`, each chunk is
-    recomputed in the backward pass, so no [T, S] tensor outlives its chunk and memory grows linearly with T;
-    below that, autograd keeps the scores, which saves the recomputation (about half the backward pass).
+    the layer's whole fp32 score tensor [B, H, T, S] would take more than `recompute_above_bytes`, each chunk's
+    scores are recomputed in its backward pass, so no [T, S] tensor outlives its chunk and memory grows linearly with
+    T; below that, they are kept, which saves the recomputation (a third of the backward pass).
     """
     with fp32_region(q):
         q, k, r, v = q.float(), k.float(), r.float(), v.float()
         s, t, row_weight = query_plane(q, r, scale)
+        st = torch.stack((s, t), dim=2)
         key_norm2 = (k * k).sum(-1)[..., None, :]
         num_queries, past = q.shape[2], k.shape[2] - q.shape[2]
-        score_bytes = 4 * q.shape[0] * q.shape[1] * num_queries * k.shape[2]
-        recompute = (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, r, v))
-                     and score_bytes > recompute_above_bytes)
+        keep_scores = 4 * q.shape[0] * q.shape[1] * num_queries * k.shape[2] <= recompute_above_bytes
         outputs = []
         for start in range(0, num_queries, chunk_size):
             end = min(start + chunk_size, num_queries)
             visible = past + end
-            args = (s[:, :, start:end], t[:, :, start:end], row_weight[:, :, start:end],
-                    k[:, :, :visible], v[:, :, :visible], key_norm2[..., :visible], token_mask, past + start)
-            outputs.append(checkpoint(_chunk_attention, *args, use_reentrant=False) if recompute
-                           else _chunk_attention(*args))
+            outputs.append(ChunkAttention.apply(st[:, :, :, start:end], row_weight[:, :, start:end], k[:, :, :visible],
+                                                v[:, :, :visible], key_norm2[..., :visible], token_mask, past + start,
+                                                keep_scores))
         return torch.cat(outputs, dim=2)
 
 

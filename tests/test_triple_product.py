@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from attnlab import TripleProductConfig
-from attnlab.modeling_common import AttnlabRotaryEmbedding
+from attnlab.modeling_common import AttnlabRotaryEmbedding, causal_padding_mask
 from attnlab.modeling_triple_product import TripleProductAttention, query_plane, triple_product_attention
 from attnlab.workbench.seed_reference.seed_003_triple_product import TripleProductAttention as SeedTripleProductAttention
 
@@ -120,13 +120,20 @@ def test_training_memory_grows_linearly_with_sequence_length():
     assert long < 2048 * 2048 * 2 * 4  # less than one fp32 [T, T] score matrix per head
 
 
-def test_scores_are_kept_below_the_budget_and_recomputed_above_it_with_equal_gradients():
-    q, k, r, v = (torch.randn(2, 2, 40, 8, requires_grad=True) for _ in range(4))
-    gradients = []
+def test_scores_are_kept_below_the_budget_and_recomputed_above_it_with_correct_gradients():
+    """Both backward passes (kept probabilities; scores recomputed from the log normalisers, with padding) against
+    autograd through the plain float64 formula."""
+    torch.manual_seed(0)
+    q, k, r, v = (torch.randn(2, 2, 40, 8, dtype=torch.float64, requires_grad=True) for _ in range(4))
+    token_mask = torch.ones(2, 40, dtype=torch.bool)
+    token_mask[1, :7] = False
+    scores = projection_scores(q, k, r, 8**-1.5)
+    scores = scores.masked_fill(~causal_padding_mask(token_mask, 0, 40, 40, "cpu"), float("-inf"))
+    expected = torch.autograd.grad((torch.softmax(scores, -1) @ v).square().sum(), (q, k, r, v))
     for budget in (0, 2**20):  # the scores take 2 * 2 * 40 * 40 * 4 = 25.6 kB: recomputed, then kept
-        out = triple_product_attention(q, k, r, v, None, scale=8**-1.5, chunk_size=16, recompute_above_bytes=budget)
-        gradients.append(torch.autograd.grad(out.square().sum(), (q, k, r, v)))
-    for recomputed, kept in zip(*gradients):
-        torch.testing.assert_close(kept, recomputed, atol=1e-6, rtol=1e-6)
+        inputs = [x.detach().float().requires_grad_() for x in (q, k, r, v)]
+        out = triple_product_attention(*inputs, token_mask, scale=8**-1.5, chunk_size=16, recompute_above_bytes=budget)
+        for gradient, reference in zip(torch.autograd.grad(out.square().sum(), inputs), expected):
+            torch.testing.assert_close(gradient.double(), reference, atol=1e-5 * reference.abs().max().item(), rtol=0)
     kept_bytes, recomputed_bytes = saved_bytes_for_backward(256, 64, 2**30), saved_bytes_for_backward(256, 64, 0)
     assert kept_bytes > 256 * 256 * 2 * 4 > recomputed_bytes  # kept: at least the [T, T] scores of both heads
