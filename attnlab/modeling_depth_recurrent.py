@@ -381,9 +381,9 @@ class DepthRecurrentForCausalLM(DepthRecurrentPreTrainedModel, AttnlabForCausalL
         """aux_loss minus the entropy bonus: coefficient * mean predictive entropy over the scored positions."""
         total = aux_loss if aux_loss is not None else logits.new_zeros((), dtype=torch.float32)
         coefficient = self.config.entropy_bonus
-        if self.config.entropy_bonus_decay_steps is not None:
-            coefficient *= math.exp(-self.training_step.item() / self.config.entropy_bonus_decay_steps)
-        if coefficient and logits.shape[1] == labels.shape[1]:
+        if self.config.entropy_bonus_decay_steps is not None:  # a tensor: no host sync, no graph break under compile
+            coefficient = coefficient * torch.exp(-self.training_step / self.config.entropy_bonus_decay_steps)
+        if self.config.entropy_bonus and logits.shape[1] == labels.shape[1]:
             scored = labels[:, 1:] != -100
             log_probs = logits[:, :-1].float().log_softmax(-1)
             entropy = -(log_probs.exp() * log_probs).sum(-1)
