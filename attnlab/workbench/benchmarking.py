@@ -76,12 +76,29 @@ def _current_rss_mb() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def _reset_peak_rss() -> bool:
+    """Resets the kernel's peak resident set (VmHWM) to the current one (Linux >= 4.0); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_rss_mb() -> float:
+    """VmHWM: the peak resident set since the last reset (or since the process started)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 class PeakMemory:
-    """Peak memory of the work inside the block, beyond what was allocated before it."""
+    """Peak memory of the work inside the block, beyond what was allocated before it. On CPU the process's peak
+    resident set is reset on entry, so a larger peak earlier in the process (the warm-up step, a compilation) does
+    not hide this one; where it cannot be reset (not Linux) the figure is a lower bound."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -92,6 +109,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
         else:
+            _reset_peak_rss()
             self.start = _current_rss_mb()
         return self
 
