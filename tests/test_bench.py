@@ -8,6 +8,7 @@ import torch
 
 from attnlab.members import HYBRIDS, MEMBERS
 from attnlab.workbench import bench
+from attnlab.workbench.benchmarking import PeakMemory, _reset_peak_rss
 from attnlab.workbench.cli import main as cli_main
 
 
@@ -117,3 +118,14 @@ def test_only_fixed_state_stacks_run_past_the_quadratic_lengths():
     # A 2-layer elita hybrid has an attention layer (its last), so it is not measured at the long lengths.
     assert not bench.is_linear("elita_attention", "tiny") and not bench.is_linear("elita_attention", "small")
     assert not any(bench.is_linear(name, "small") for name in ("triple_product", "evolving", "llama"))
+
+
+@pytest.mark.skipif(not _reset_peak_rss(), reason="needs Linux's /proc/self/clear_refs")
+def test_cpu_peak_memory_is_that_of_the_measured_work_not_of_earlier_peaks():
+    """A larger peak earlier in the process (the warm-up step, a compilation) must not hide the measured one."""
+    earlier = torch.ones(100 * 2**20)  # 400 MiB, touched, then freed
+    del earlier
+    with PeakMemory(torch.device("cpu")) as memory:
+        measured = torch.ones(50 * 2**20)  # 200 MiB
+        del measured
+    assert 150 < memory.peak_mb < 300
