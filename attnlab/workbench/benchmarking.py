@@ -1,9 +1,9 @@
 """Speed and memory measurements, always side by side with a baseline in one run.
 
 Every measurement runs in a fresh subprocess (`python -m attnlab.workbench.benchmarking KIND --json ARGS`), so peak memory
-is that of one model at one size: on CUDA `torch.cuda.max_memory_allocated`, on CPU the growth of the process's
-peak resident set over what it held before the measured work started (weights, optimizer state and inputs
-already allocated). Timings are medians over repeats after warm-up; scripts report them as ratios to the baseline
+is that of one model at one size: on CUDA `torch.cuda.max_memory_allocated`, on CPU the peak resident set during the
+measured work (the kernel's peak is reset when it starts) over what the process held then (weights, optimizer state
+and inputs already allocated). Timings are medians over repeats after warm-up; scripts report them as ratios to the baseline
 measured in the same run, since absolute numbers depend on the machine.
 """
 
