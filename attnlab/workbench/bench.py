@@ -317,7 +317,7 @@ def speed_tables(args, info: dict, medians: list[dict], precisions: list[str]) -
                 f"median of {args.repeats} timed steps ({args.decode_tokens} decoded tokens) after warm-up, "
                 + ("every measurement in a fresh process" if args.isolate else "all in one process (--no-isolate: "
                    "peak memory means little)")
-                + " (peak memory: on CPU the growth of the process's peak RSS during the timed work). Ratios are to "
+                + " (peak memory: on CPU the peak resident set during the timed work, reset when it starts, over what the process held then). Ratios are to "
                 "Llama measured in the same run (for +compile variants: to compiled Llama). Exponents: least-squares "
                 "slope of log time (per step, per forward, per token) and log peak memory against log length."]
     for preset in args.presets:
