@@ -556,6 +556,21 @@ def mqar(args, info: dict) -> dict:
     return dict(runs=runs, best=[run for run in best.values()], sections=sections)
 
 
+def save_log_x_plot(figure, axes, path: Path, xlabel: str, ylabel: str, title: str):
+    """The suite's one-panel plots: log x axis, labels, the machine under the title, grid, legend; saved and closed."""
+    import matplotlib.pyplot as plt
+
+    axes.set_xscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(f"{title}\n{machine_description()}", fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def plot_accuracy_vs_state(path: Path, best: dict, models: list[str], slices: list[tuple[int, int]]):
     """Mean accuracy over slices against the decoding state at the longest slice, one point per width."""
     import matplotlib
@@ -572,15 +587,8 @@ def plot_accuracy_vs_state(path: Path, best: dict, models: list[str], slices: li
         axes.plot(xs, ys, marker="o", color=f"C{index}", label=name)
         for x, y, w in zip(xs, ys, widths):
             axes.annotate(f"d={w}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
-    axes.set_xscale("log")
-    axes.set_xlabel(f"decoding state (floats) after {longest} tokens")
-    axes.set_ylabel("MQAR accuracy, mean over slices (best lr)")
-    axes.set_title(f"MQAR: accuracy against state size\n{machine_description()}", fontsize=9)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_log_x_plot(figure, axes, path, f"decoding state (floats) after {longest} tokens",
+                    "MQAR accuracy, mean over slices (best lr)", "MQAR: accuracy against state size")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -739,15 +747,8 @@ def plot_lm(path: Path, sweep: list[dict], models: list[str]):
         runs = sorted((r for r in sweep if r["model"] == name), key=lambda r: r["lr"])
         axes.plot([r["lr"] for r in runs], [r["final"]["loss"] for r in runs], marker="o", color=f"C{index}",
                   label=name)
-    axes.set_xscale("log")
-    axes.set_xlabel("peak learning rate")
-    axes.set_ylabel("held-out loss (nats per byte)")
-    axes.set_title(f"LM: held-out loss per learning rate (first seed)\n{machine_description()}", fontsize=9)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_log_x_plot(figure, axes, path, "peak learning rate", "held-out loss (nats per byte)",
+                    "LM: held-out loss per learning rate (first seed)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
