@@ -11,14 +11,17 @@ from .configuration_elita import ElitaConfig
 from .configuration_evolving import EvolvingConfig
 from .configuration_triple_product import TripleProductConfig
 from .configuration_vqlnmlp import VQLNMLPConfig
-from .members import MEMBERS, TIME_SERIES_MEMBERS
+from .configuration_mixer_stack import MixerStackConfig
+from .members import MEMBERS, STACKS, TIME_SERIES_MEMBERS
+from .mixers import get_mixer, register_mixer
+from .modeling_mixer_stack import MixerStackForCausalLM, MixerStackModel
 from .modeling_depth_recurrent import DepthRecurrentForCausalLM, DepthRecurrentModel
 from .modeling_elita import ElitaForCausalLM, ElitaModel
 from .modeling_evolving import EvolvingForCausalLM, EvolvingModel
 from .modeling_triple_product import TripleProductForCausalLM, TripleProductModel
 from .modeling_vqlnmlp import VQLNMLPForPrediction, VQLNMLPModel
 
-for _member in MEMBERS.values():
+for _member in (*MEMBERS.values(), STACKS["stack_mixed"]):
     AutoConfig.register(_member.config_class.model_type, _member.config_class, exist_ok=True)
     AutoModel.register(_member.config_class, _member.model_class, exist_ok=True)
     AutoModelForCausalLM.register(_member.config_class, _member.causal_lm_class, exist_ok=True)
@@ -33,6 +36,7 @@ __all__ = [
     "DepthRecurrentConfig", "DepthRecurrentForCausalLM", "DepthRecurrentModel",
     "ElitaConfig", "ElitaForCausalLM", "ElitaModel",
     "EvolvingConfig", "EvolvingForCausalLM", "EvolvingModel",
+    "MixerStackConfig", "MixerStackForCausalLM", "MixerStackModel", "get_mixer", "register_mixer",
     "TripleProductConfig", "TripleProductForCausalLM", "TripleProductModel",
     "VQLNMLPConfig", "VQLNMLPForPrediction", "VQLNMLPModel",
 ]

@@ -5,12 +5,11 @@ transformers' conventions (`LlamaConfig`), so tools that read `hidden_size` or `
 
 Mixers and caches. Each layer application runs one sequence mixer: the member's own (named by its `model_type`) or
 `"attention"`, Llama's causal softmax attention (RoPE, SDPA), chosen per layer by `mixer_types` to build hybrid
-stacks. `layer_types` is derived from it in transformers' vocabulary, one entry per layer application, so that the
+stacks (`StackConfig` accepts any registered mixer). `layer_types` is derived from it in transformers' vocabulary,
+one entry per layer application, from the cache kind each mixer declares (`mixers.py`), so that the
 `DynamicCache(config)` that generate() builds has the right cache layer in every slot: `full_attention` (keys and
 values), `linear_attention` (fixed-size recurrent states) or `hybrid` (both).
 """
-
-from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
@@ -36,10 +35,6 @@ class AttnlabConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
     mixer_types: list[str] | None = None
     layer_types: list[str] | None = None
-
-    # The cache layer kind of the member's own mixer and how many recurrent state tensors it keeps per layer.
-    own_mixer_cache_kind: ClassVar[str] = "full_attention"
-    own_mixer_recurrent_states: ClassVar[int] = 0
 
     def __post_init__(self, **kwargs):
         self.check_values()
@@ -91,37 +86,48 @@ class AttnlabConfig(PreTrainedConfig):
                         f"{type(self).__name__}: {name}={token_id} is outside the vocabulary [0, {self.vocab_size})"
                     )
 
+    def allowed_mixers(self) -> tuple[str, ...] | None:
+        """The mixer names `mixer_types` may use (None: any registered mixer or import path)."""
+        return (self.model_type, "attention")
+
     def check_mixer_types(self):
-        allowed = (self.model_type, "attention")
         if not isinstance(self.mixer_types, (list, tuple)) or len(self.mixer_types) != self.num_hidden_layers:
             raise ValueError(
                 f"{type(self).__name__}: mixer_types must be a list of num_hidden_layers={self.num_hidden_layers} "
                 f"names, got {self.mixer_types!r}"
             )
-        unknown = sorted(set(self.mixer_types) - set(allowed))
+        allowed = self.allowed_mixers()
+        unknown = sorted(set(self.mixer_types) - set(allowed)) if allowed is not None else []
         if unknown:
             raise ValueError(f"{type(self).__name__}: unknown mixer_types {unknown}; each layer is one of {allowed}")
         self.mixer_types = list(self.mixer_types)
 
+    def mixer_specs(self) -> list:
+        """The registry entry (`mixers.MixerSpec`) of every layer application's mixer."""
+        from .mixers import get_mixer  # at call time: the registry imports the modeling files, which import configs
+
+        return [get_mixer(name) for name in self.mixer_types]
+
     def derived_layer_types(self) -> list[str]:
-        kinds = [self.own_mixer_cache_kind if mixer == self.model_type else "full_attention"
-                 for mixer in self.mixer_types]
+        # A mixer without a decoding state gets a key slot it never writes (such a stack decodes without a cache).
+        kinds = [spec.cache_kind or "full_attention" for spec in self.mixer_specs()]
         # transformers' cache reports its length (which generate() and positions need) only from layers that hold
         # keys: a stack of recurrent layers alone fails generate() on 5.23 and cannot be continued on 5.24. So the
         # first slot of such a stack is a hybrid layer in which the model records one placeholder key per token.
-        if "full_attention" not in kinds and "hybrid" not in kinds:
+        if self.records_length:
             kinds[0] = "hybrid"
         return kinds
 
     @property
     def records_length(self) -> bool:
-        """Whether the model writes the length placeholder keys into slot 0 (a stack without attention slots)."""
-        return self.own_mixer_cache_kind == "linear_attention" and "attention" not in self.mixer_types
+        """Whether the model writes the length placeholder keys into slot 0 (a stack whose mixers keep no keys)."""
+        return not any(spec.keeps_keys for spec in self.mixer_specs())
 
     @property
     def number_of_conv_states(self) -> int:
-        """Recurrent state tensors per linear or hybrid cache layer (transformers reads this name)."""
-        return max(1, self.own_mixer_recurrent_states)
+        """Recurrent state tensors per linear or hybrid cache layer (transformers reads this name): the most any
+        mixer of the stack keeps."""
+        return max([1] + [spec.num_recurrent_states for spec in self.mixer_specs()])
 
     @property
     def head_dim(self) -> int:

@@ -29,11 +29,6 @@ class ElitaConfig(AttnlabConfig):
     """
 
     model_type = "elita"
-    # Decoding state per layer and head: running max of the cross logits, and the sums of e^{cross - max} and of
-    # e^{cross - max} v (recurrent states 0, 1, 2 of a transformers linear-attention cache layer).
-    own_mixer_cache_kind = "linear_attention"
-    own_mixer_recurrent_states = 3
-
     position_width: int = 16
     position_step: float | None = None
     linear_factor: int = 8

@@ -25,10 +25,6 @@ class EvolvingConfig(AttnlabConfig):
     """
 
     model_type = "evolving"
-    # Keys and values of the evolved keys, plus the memory m_{t-1} as recurrent state 0: a hybrid cache layer.
-    own_mixer_cache_kind = "hybrid"
-    own_mixer_recurrent_states = 1
-
     num_hidden_layers: int = 6
     num_attention_heads: int = 8
     hidden_size: int = 256

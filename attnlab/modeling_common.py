@@ -133,6 +133,9 @@ def causal_attention(query, key, value, token_mask: torch.Tensor | None, past_le
 class AttnlabAttention(nn.Module):
     """Llama's causal softmax attention (RoPE, SDPA): the `"attention"` layers of a hybrid stack."""
 
+    cache_kind = "full_attention"
+    num_recurrent_states = 0
+
     def __init__(self, config: AttnlabConfig, layer_idx: int):
         super().__init__()
         self.num_heads = config.num_attention_heads
@@ -226,10 +229,11 @@ def prepare_stack_inputs(model, input_ids, inputs_embeds, attention_mask, positi
 class AttnlabDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm residual block around a pluggable sequence mixer and feed-forward."""
 
-    def __init__(self, config: AttnlabConfig, layer_idx: int, mixer_class: type, mlp_class: type):
+    def __init__(self, config: AttnlabConfig, layer_idx: int, mixer_class: type, mlp_class: type, mixer_config=None):
+        """`mixer_config` (default: `config`) is what the mixer is built from: a stack gives each mixer its options."""
         super().__init__()
         self.input_layernorm = AttnlabRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.self_attn = mixer_class(config, layer_idx)
+        self.self_attn = mixer_class(config if mixer_config is None else mixer_config, layer_idx)
         self.post_attention_layernorm = AttnlabRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = mlp_class(config)
 
@@ -256,6 +260,8 @@ class AttnlabPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, AttnlabRotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq())
+        elif hasattr(module, "init_mixer_weights"):  # a mixer's own parameters (mixers.py: the mixer interface)
+            module.init_mixer_weights()
 
 
 class AttnlabModel(AttnlabPreTrainedModel):
@@ -270,15 +276,16 @@ class AttnlabModel(AttnlabPreTrainedModel):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        mixers = {config.model_type: self.mixer_class, "attention": AttnlabAttention}
-        self.layers = nn.ModuleList(
-            AttnlabDecoderLayer(config, i, mixers[config.mixer_types[i]], self.mlp_class)
-            for i in range(self.num_distinct_layers)
-        )
+        self.layers = nn.ModuleList(self.build_layer(i) for i in range(self.num_distinct_layers))
         self.norm = AttnlabRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         needs_rotary = self.uses_rotary or "attention" in config.mixer_types
         self.rotary_emb = AttnlabRotaryEmbedding(config.head_dim, config.rope_theta) if needs_rotary else None
         self.post_init()
+
+    def build_layer(self, layer_idx: int) -> AttnlabDecoderLayer:
+        """Layer `layer_idx` with the mixer `mixer_types` names: the member's own or Llama attention."""
+        mixer_class = AttnlabAttention if self.config.mixer_types[layer_idx] == "attention" else self.mixer_class
+        return AttnlabDecoderLayer(self.config, layer_idx, mixer_class, self.mlp_class)
 
     @property
     def num_distinct_layers(self) -> int:

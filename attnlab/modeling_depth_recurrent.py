@@ -77,8 +77,12 @@ class LowRankLinear(nn.Module):
 class DepthRecurrentAttention(nn.Module):
     """Grouped-query softmax attention with RMS-normalised queries and keys, RoPE and a learned per-head query gain."""
 
-    def __init__(self, config: DepthRecurrentConfig):
+    cache_kind = "full_attention"
+    num_recurrent_states = 0
+
+    def __init__(self, config: DepthRecurrentConfig, layer_idx: int | None = None):
         super().__init__()
+        self.query_gain_init, self.zero_init_output = config.query_gain_init, config.zero_init_output_projections
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.eps = config.rms_norm_eps
         kv_size = config.num_key_value_heads * config.head_dim
@@ -91,8 +95,13 @@ class DepthRecurrentAttention(nn.Module):
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.q_gain = nn.Parameter(torch.full((config.num_attention_heads,), config.query_gain_init))
 
-    def forward(self, hidden_states, position_embeddings, token_mask, cache: Cache | None, cache_idx: int,
-                past_length: int):
+    def init_mixer_weights(self):
+        init.constant_(self.q_gain, self.query_gain_init)
+        if self.zero_init_output:
+            init.zeros_(self.o_proj.weight)
+
+    def forward(self, hidden_states, position_embeddings, token_mask=None, cache: Cache | None = None,
+                cache_idx: int | None = None, past_length: int = 0, **kwargs):
         cos, sin = position_embeddings
         q = rms_norm(split_heads(self.q_proj(hidden_states), self.num_heads), self.eps)
         k = rms_norm(split_heads(self.k_proj(hidden_states), self.num_kv_heads), self.eps)
@@ -162,9 +171,7 @@ class DepthRecurrentPreTrainedModel(PreTrainedModel):
             if module.delta is not None:
                 init.zeros_(module.delta)
         elif isinstance(module, DepthRecurrentAttention):
-            init.constant_(module.q_gain, config.query_gain_init)
-            if config.zero_init_output_projections:
-                init.zeros_(module.o_proj.weight)
+            module.init_mixer_weights()
         elif isinstance(module, DepthRecurrentMLP) and config.zero_init_output_projections:
             init.zeros_(module.down_proj.weight)
         elif isinstance(module, AttnlabRotaryEmbedding):

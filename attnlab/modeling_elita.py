@@ -80,6 +80,11 @@ def cumulative_softmax(cross: torch.Tensor, values: torch.Tensor, state: tuple, 
 class ElitaAttention(nn.Module):
     """Attention2, multi-head, with the output projection."""
 
+    # Decoding state per head: the running max of the cross logits, and the sums of e^{cross - max} and of
+    # e^{cross - max} v (recurrent states 0, 1, 2 of a transformers linear-attention cache layer).
+    cache_kind = "linear_attention"
+    num_recurrent_states = 3
+
     def __init__(self, config: ElitaConfig, layer_idx: int):
         super().__init__()
         self.num_heads = config.num_attention_heads
@@ -93,6 +98,11 @@ class ElitaAttention(nn.Module):
         self.position_frequency = nn.Parameter(torch.empty(2, self.num_heads, config.position_width))
         self.position_phase = nn.Parameter(torch.empty(2, self.num_heads, config.position_width))
         self.position_amplitude = nn.Parameter(torch.empty(self.num_heads, config.position_width))
+
+    def init_mixer_weights(self):
+        """The seed's initialiser for a, b, c: U(-0.05, 0.05)."""
+        for parameter in (self.position_frequency, self.position_phase, self.position_amplitude):
+            init.uniform_(parameter, -0.05, 0.05)
 
     def position_terms(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """c . p_1 and c . p_2 for every head and token: two [batch, heads, seq] tensors."""
@@ -160,10 +170,7 @@ class ElitaPreTrainedModel(AttnlabPreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, ElitaAttention):  # the seed's initialiser for a, b, c: U(-0.05, 0.05)
-            for parameter in (module.position_frequency, module.position_phase, module.position_amplitude):
-                init.uniform_(parameter, -0.05, 0.05)
-        elif isinstance(module, ElitaModel) and module.wrap_bias is not None:
+        if isinstance(module, ElitaModel) and module.wrap_bias is not None:
             init.zeros_(module.wrap_bias)
 
 

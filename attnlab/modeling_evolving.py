@@ -79,6 +79,10 @@ def evolve(q, k, w, decay, memory=None, chunk_size: int = 64, real=None) -> tupl
 
 
 class EvolvingAttention(nn.Module):
+    # Keys and values of the evolved keys, plus the memory m_{t-1} as recurrent state 0: a hybrid cache layer.
+    cache_kind = "hybrid"
+    num_recurrent_states = 1
+
     def __init__(self, config: EvolvingConfig, layer_idx: int):
         super().__init__()
         self.num_heads = config.num_attention_heads
@@ -99,6 +103,10 @@ class EvolvingAttention(nn.Module):
             self.k_norm = AttnlabRMSNorm(config.head_dim, eps=config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
+
+    def init_mixer_weights(self):
+        init.normal_(self.evolution_weights, mean=0.0, std=1.0)
+        init.constant_(self.decay_parameter, self.initial_decay_parameter())
 
     def initial_decay_parameter(self) -> float:
         decay = torch.tensor(self.initial_decay, dtype=torch.float64)
@@ -139,12 +147,6 @@ class EvolvingPreTrainedModel(AttnlabPreTrainedModel):
     config_class = EvolvingConfig
     _is_stateful = True  # the memory cannot be rolled back, so no assisted decoding
     _supports_sdpa = True  # its attention is SDPA (attn_implementation="sdpa" is accepted)
-
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, EvolvingAttention):
-            init.normal_(module.evolution_weights, mean=0.0, std=1.0)
-            init.constant_(module.decay_parameter, module.initial_decay_parameter())
 
 
 class EvolvingModel(EvolvingPreTrainedModel, AttnlabModel):

@@ -126,6 +126,9 @@ def triple_product_attention(q, k, r, v, token_mask, scale: float, chunk_size: i
 
 
 class TripleProductAttention(nn.Module):
+    cache_kind = "full_attention"  # keys and values; r is query-side
+    num_recurrent_states = 0
+
     def __init__(self, config: TripleProductConfig, layer_idx: int):
         super().__init__()
         self.num_heads = config.num_attention_heads

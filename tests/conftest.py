@@ -1,11 +1,18 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from attnlab.members import HYBRIDS, MEMBERS
+from attnlab.members import HYBRIDS, MEMBERS, STACKS
 from attnlab.workbench.data import shakespeare_text
 
-# The contract suite runs over every registered member and every hybrid stack.
-CONTRACT_MODELS = {**MEMBERS, **HYBRIDS}
+# The example mixer (examples/retention) is a module outside attnlab, imported by path as a user's would be.
+EXAMPLE_MIXER_FOLDER = Path(__file__).resolve().parents[1] / "examples" / "retention"
+sys.path.insert(0, str(EXAMPLE_MIXER_FOLDER))
+
+# The contract suite runs over every registered member, every hybrid and the heterogeneous stacks.
+CONTRACT_MODELS = {**MEMBERS, **HYBRIDS, **STACKS}
 
 
 @pytest.fixture(params=sorted(CONTRACT_MODELS), ids=sorted(CONTRACT_MODELS))

@@ -1,24 +1,19 @@
-"""The contracts of DESIGN.md, checked on every member registered in attnlab.members (tiny configs, fp32, CPU)."""
+"""The contracts of DESIGN.md, checked on every member, hybrid and stack registered in attnlab.members (tiny configs,
+fp32, CPU): every check of the contract library (attnlab/workbench/contract.py, the one `attnlab audit` runs) as
+TestContract, and below it the contracts that are about attnlab's own classes."""
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
 from transformers.cache_utils import DynamicLayer, LinearAttentionCacheLayerMixin
 
 import attnlab  # noqa: F401  (registers the Auto classes)
 from attnlab.modeling_common import CACHE_FIELD
 from tests.conftest import CONTRACT_MODELS
-from attnlab.workbench.audit import (
-    future_perturbation_gap,
-    generate_agrees_with_and_without_cache,
-    left_padding_gap,
-)
+from attnlab.workbench.contract import left_padding_gap
+from attnlab.workbench.contract_tests import ContractTests
 
 VOCAB = 97  # tests/members TEST_SIZE
 FIRST_TOKEN = 3  # ids 0, 1, 2 are pad, bos, eos in the test config
@@ -34,35 +29,11 @@ def logits(model, ids, **kwargs):
         return model(ids, use_cache=False, **kwargs).logits
 
 
-# 1. Causality --------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("split", [1, 7, 19])
-def test_changing_the_future_leaves_the_past_unchanged(model, split):
-    assert future_perturbation_gap(model, random_ids(2, 24), split, random_ids(2, 24 - split, seed=1)) < 1e-5
-
-
-def test_appending_tokens_leaves_earlier_logits_unchanged(model):
-    ids = random_ids(2, 30)
-    torch.testing.assert_close(logits(model, ids[:, :11]), logits(model, ids)[:, :11], atol=1e-5, rtol=0)
-
-
-# 2. Cache consistency ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("step", [1, 3])
-def test_prefill_then_decoding_equals_full_forward(model, step):
-    ids = random_ids(2, 26)
-    full = logits(model, ids)
-    with torch.no_grad():
-        out = model(ids[:, :8], use_cache=True)
-        pieces, cache = [out.logits], out.past_key_values
-        for start in range(8, ids.shape[1], step):
-            out = model(ids[:, start:start + step], past_key_values=cache, use_cache=True)
-            pieces.append(out.logits)
-            cache = out.past_key_values
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=0)
-    assert cache.get_seq_length() == ids.shape[1]
+class TestContract(ContractTests):
+    """Causality, cache consistency (prefill in chunks of 1, 2, 3 and 7; decoding in steps of 1 and 3), left
+    padding (batch of 1, a batch of very different lengths while decoding, the recurrent state), generate() with
+    and without a cache, the save/load and remote-code round trips, training, bf16 and the out-of-vocabulary
+    error, on every member, hybrid and stack (the `model` fixture of conftest.py)."""
 
 
 def test_the_cache_is_transformers_own_with_one_layer_per_slot_of_layer_types(model):
@@ -96,30 +67,6 @@ def test_cache_is_accepted_under_either_name(model):
         torch.testing.assert_close(continued[0], logits(model, ids)[:, 8:], atol=1e-4, rtol=0)
         with pytest.raises(ValueError, match="not both"):
             model(ids[:, 8:], cache=cache, past_key_values=cache)
-
-
-GENERATE_MODES = {
-    "greedy": dict(do_sample=False),
-    "sample": dict(do_sample=True, top_k=20, num_return_sequences=2),
-    "beam": dict(do_sample=False, num_beams=3, num_return_sequences=2),
-}
-
-
-@pytest.mark.parametrize("mode", sorted(GENERATE_MODES))
-def test_generate_with_and_without_cache_agree(model, mode):
-    prompt = random_ids(2, 7)
-    assert generate_agrees_with_and_without_cache(model, prompt, 12, pad_token_id=0, **GENERATE_MODES[mode])
-
-
-def test_generate_continues_from_a_returned_cache(model):
-    prompt = random_ids(1, 6)
-    first = model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False,
-                           return_dict_in_generate=True, pad_token_id=0)
-    extended = torch.cat([first.sequences, random_ids(1, 3, seed=5)], dim=1)
-    continued = model.generate(extended, **{CACHE_FIELD: getattr(first, CACHE_FIELD)}, max_new_tokens=6,
-                               min_new_tokens=6, do_sample=False, pad_token_id=0)
-    fresh = model.generate(extended, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
-    assert torch.equal(continued, fresh)
 
 
 def test_left_padded_row_behaves_like_the_unpadded_prompt(model):
@@ -216,83 +163,6 @@ def test_missing_weights_are_initialised_like_a_fresh_model(member):
         assert torch.equal(buffer, fresh_buffer), name
 
 
-REMOTE_LOAD = textwrap.dedent("""
-    import sys
-    sys.modules["attnlab"] = None  # make any import of attnlab fail: only the folder's own code may be used
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-    folder = sys.argv[1]
-    expected = load_file(sys.argv[2])
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-    assert "transformers_modules" in type(model).__module__, type(model).__module__
-    AutoModel.from_pretrained(folder, trust_remote_code=True)
-    AutoConfig.from_pretrained(folder, trust_remote_code=True)
-    with torch.no_grad():
-        logits = model(expected["ids"], use_cache=False).logits
-    torch.testing.assert_close(logits, expected["logits"], atol=0, rtol=0)
-    prompt = expected["ids"][:, :5]
-    with_cache = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
-    without = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False, use_cache=False,
-                             pad_token_id=0)
-    assert torch.equal(with_cache, without)
-    print("remote-ok")
-""")
-
-
-def test_remote_code_loads_where_attnlab_is_not_importable(model, tmp_path):
-    folder = tmp_path / "hub"
-    model.save_pretrained(folder)
-    ids = random_ids(2, 10)
-    save_file({"ids": ids, "logits": logits(model, ids)}, tmp_path / "expected.safetensors")
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", REMOTE_LOAD, str(folder), str(tmp_path / "expected.safetensors")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "remote-ok" in result.stdout, result.stderr[-3000:]
-
-
-# 4. Trainable --------------------------------------------------------------------------------------------------
-
-
-def test_training_step_reaches_every_parameter(model):
-    model.train()
-    ids = random_ids(2, 16)
-    loss = model(ids, labels=ids, use_cache=False).loss
-    assert torch.isfinite(loss)
-    loss.backward()
-    missing = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
-    assert not missing, f"parameters without gradient: {missing}"
-
-
-def test_ignored_labels_do_not_count(model):
-    ids = random_ids(2, 16)
-    labels = ids.clone()
-    labels[:, :6] = -100
-    with torch.no_grad():
-        out = model(ids, labels=labels, use_cache=False)
-    expected = torch.nn.functional.cross_entropy(out.logits[:, 5:-1].reshape(-1, VOCAB), ids[:, 6:].reshape(-1))
-    torch.testing.assert_close(out.loss, expected, atol=1e-6, rtol=1e-6)
-
-
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients(model):
-    model.train()
-    ids = random_ids(2, 16)
-
-    def loss_and_grads():
-        model.zero_grad()
-        loss = model(ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    plain_loss, plain_grads = loss_and_grads()
-    model.activation_checkpointing_enable()
-    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
-    ckpt_loss, ckpt_grads = loss_and_grads()
-    torch.testing.assert_close(ckpt_loss, plain_loss, atol=1e-6, rtol=0)
-    for name, grad in plain_grads.items():
-        torch.testing.assert_close(ckpt_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
-
-
 # 5. Bad input --------------------------------------------------------------------------------------------------
 
 
@@ -331,17 +201,7 @@ def test_inconsistent_config_values_are_rejected(member):
         member.test_config(pad_token_id=VOCAB)
 
 
-# 6. Numerically sound ------------------------------------------------------------------------------------------
-
-
-def test_bf16_autocast_at_the_longest_length_is_finite(model):
-    ids = random_ids(1, model.config.max_position_embeddings)
-    model.train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(ids, labels=ids, use_cache=False)
-    assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
-    out.loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+# Assisted generation --------------------------------------------------------------------------------------------
 
 
 def test_stateful_members_refuse_assisted_generation(model, member):

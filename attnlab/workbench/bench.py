@@ -12,8 +12,9 @@ sized for a 2-core CPU; the same commands with larger settings (documented in do
 
 Llama is transformers' `LlamaForCausalLM` at the same width, depth and heads, with its `intermediate_size` set so
 that its parameter count is the mean of the compared attnlab models' counts (`--llama-match shape` keeps the
-preset's instead, as the older per-member benchmarks did). Hybrids too shallow for their `attention_every` get their
-last layer as Llama attention, so a 2-layer hybrid is [member, attention] rather than a pure member.
+preset's instead, as the older per-member benchmarks did). Hybrids are laid out by the registry's one rule
+(`mixers.hybrid_mixer_types`), so a 2-layer hybrid is [member, attention], as `attnlab train` builds it.
+`--mixer package.module:Class` adds a mixer written outside attnlab: a stack of it and its hybrid with attention.
 """
 
 import argparse
@@ -47,18 +48,15 @@ IGNORE_INDEX = -100
 
 
 def config_values(name: str, values: dict) -> dict:
-    """`values` plus the hybrid layout where the registry's `attention_every` would leave no attention layer; a
-    depth-recurrent member gets that many shared blocks, each applied `num_passes` times (equal unique parameters)."""
+    """`values`, where a depth-recurrent member gets that many shared blocks, each applied `num_passes` times
+    (equal unique parameters)."""
     member = get_member(name)
     layers = values.get("num_hidden_layers")
     if layers and "num_unique_layers" in member.config_class.__dataclass_fields__:
         passes = values.get("num_passes", member.preset_overrides.get("num_passes",
                                                                       member.config_class.num_passes))
         return {**values, "num_passes": passes, "num_unique_layers": layers, "num_hidden_layers": layers * passes}
-    if member.attention_every and layers and layers < member.attention_every and "mixer_types" not in values:
-        own = member.config_class.model_type
-        values = {**values, "mixer_types": [own] * (layers - 1) + ["attention"]}
-    return values
+    return values  # a hybrid's layout at this depth is the registry's rule (Member.build_config)
 
 
 def build_config(name: str, values: dict):
@@ -189,7 +187,7 @@ def is_linear(name: str, preset: str) -> bool:
     if member.is_baseline:
         return False
     config = build_config(name, _preset_values(preset, vocab_size=256))  # with a shallow hybrid's attention layer
-    return member.config_class.own_mixer_cache_kind == "linear_attention" and "attention" not in config.mixer_types
+    return all(spec.cache_kind == "linear_attention" for spec in config.mixer_specs())
 
 
 def speed(args, info: dict) -> dict:
@@ -201,7 +199,7 @@ def speed(args, info: dict) -> dict:
                            "runs it anyway)")
             continue
         precisions.append(precision)
-    mixers = dict(item.split("=", 1) for item in args.mixer)
+    mixers = dict(item.split("=", 1) for item in args.swap_mixer)
     # A variant is one model built one way: (label, model, mixer, compiled); every variant meets every length.
     variants = [(name, name, None, False) for name in args.models]
     variants += [(f"{name} [{mixer.rsplit(':', 1)[-1]}]", name, mixer, False) for name, mixer in mixers.items()]
@@ -775,7 +773,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def section(name: str, help: str):
         sub = sections.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        sub.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="members, hybrids and/or llama")
+        sub.add_argument("--models", nargs="+", default=DEFAULT_MODELS,
+                         help="members, hybrids, stacks, llama, or mixers by import path (pkg.module:Class, "
+                              "pkg.module:Class+attention for its hybrid)")
+        sub.add_argument("--mixer", action="append", default=[], metavar="package.module:Class",
+                         help="also measure this mixer: a stack of it and its hybrid with attention (repeatable)")
         sub.add_argument("--llama-match", choices=["params", "shape"], default="params",
                          help="params: Llama's MLP sized to the mean parameter count of the others; shape: the "
                               "preset's MLP (the older per-member benchmarks)")
@@ -809,11 +811,11 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--compile", action="store_true",
                        help="also measure torch.compile of every variant; compile time reported apart")
     speed.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
-    speed.add_argument("--mixer", action="append", default=[], metavar="MODEL=module:Class",
+    speed.add_argument("--swap-mixer", action="append", default=[], metavar="MODEL=module:Class",
                        help="also measure MODEL with every layer's mixer swapped for this class, same weights (e.g. "
                             "a seed's literal module)")
     speed.add_argument("--variant-lengths", type=int, nargs="+", default=None,
-                       help="lengths at which --mixer variants are measured (default: all)")
+                       help="lengths at which --swap-mixer variants are measured (default: all)")
     speed.add_argument("--long-forward", type=int, default=0, help="one forward of this length, fixed-state members")
     speed.add_argument("--vocab-size", type=int, default=512)
     speed.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -902,6 +904,9 @@ def main(argv: list[str] | None = None):
             args.work_dir = str(Path(args.output_dir) / "bench-lm-runs")
             args.train_files, args.validation_files = quick_text_files(Path(args.work_dir))
     args.name = args.name or args.section + ("-quick" if args.quick else "")
+    args.models = list(dict.fromkeys([*args.models, *(m for mixer in args.mixer for m in (mixer, f"{mixer}+attention"))]))
+    for name in args.models:
+        get_member(name)  # an unknown name or a mixer path that does not import: one line, before any work
     info = run_info(argv)
     start = time.perf_counter()
     data = SECTIONS[args.section](args, info)

@@ -32,7 +32,7 @@ from .data import load_text_splits, pack_blocks
 from .evaluation import EvalResult, evaluate_blocks
 from .hub import CHECKPOINT_PREFIX, check_folder, model_card
 from .muon import MuonWithAdamW, seed_momentum_warmup_steps, seed_warmdown_steps, warmup_then_warmdown
-from ..members import BASELINES, HYBRIDS, MEMBERS, get_member
+from ..members import BASELINES, HYBRIDS, MEMBERS, STACKS, get_member
 from ..tokenization_attnlab import load_tokenizer, token_byte_lengths
 
 TRAINER_STATE = "trainer_state.json"
@@ -47,7 +47,13 @@ class TrainArgs:
     """Everything a training run depends on; `attnlab train` exposes each field as an option of the same name."""
 
     model: str = field(default="triple_product", metadata={"help": "a member (" + ", ".join(MEMBERS) + "), a hybrid ("
-                                                                   + ", ".join(HYBRIDS) + ") or the baseline 'llama'"})
+                                                                   + ", ".join(HYBRIDS) + "), a stack ("
+                                                                   + ", ".join(STACKS) + "), the baseline 'llama', "
+                                                                   "or a mixer's import path (see --mixer)"})
+    mixer: str | None = field(default=None, metadata={
+        "help": "train a mixer written outside attnlab, 'package.module:Class' on the Python path (a stack of it; "
+                "'package.module:Class+attention' for its hybrid with attention); replaces --model. Lay out other "
+                "stacks with --config_overrides 'mixer_types=[...]' (a shorter list repeats to fill the depth)"})
     preset: str = field(default="tiny", metadata={"help": "size preset: tiny, small or base"})
     config_overrides: list[str] = field(default_factory=list, metadata={
         "help": "model config values as key=value (value parsed as JSON, else a string), e.g. num_hidden_layers=6"})
@@ -136,6 +142,10 @@ FP16_ON_CPU = ValueError("--mixed_precision fp16 needs a GPU; on CPU use bf16 (w
 
 def check_args(args: TrainArgs):
     """Raise ValueError naming the first option with an impossible value (e.g. --max_steps 0 would never end)."""
+    if args.mixer is not None:
+        args.model = args.mixer
+    if args.init_from is None:
+        get_member(args.model)  # an unknown model, or a mixer path that does not import: one line, before any work
     for name, (low, inclusive, optional) in _NUMERIC_BOUNDS.items():
         value = getattr(args, name)
         if value is None and optional:
@@ -229,7 +239,7 @@ def build_config(model: str, preset: str, tokenizer, block_size: int, config_ove
     """The model config: preset (or file) + overrides, with vocabulary and special tokens from the tokenizer."""
     member = get_member(model)
     overrides = parse_overrides(config_overrides)
-    known = member.config_class().to_dict()
+    known = known_config_keys(member)
     unknown = sorted(set(overrides) - set(known))
     if unknown:  # configs accept any keyword, so a typo would otherwise be silently ignored
         raise ValueError(f"unknown {member.config_class.__name__} key(s) in --config_overrides: {unknown}")
@@ -277,10 +287,18 @@ def read_config_file(path: str, member) -> dict:
         raise ValueError(f"--config_file {path} is a {model_type!r} config but --model {member.name} needs "
                          f"{expected!r}; pass --model {model_type} or a {expected} config")
     values = {key: value for key, value in values.items() if key not in _SAVED_CONFIG_METADATA}
-    unknown = sorted(set(values) - set(member.config_class().to_dict()))
+    unknown = sorted(set(values) - known_config_keys(member))
     if unknown:
         raise ValueError(f"unknown {member.config_class.__name__} key(s) in --config_file {path}: {unknown}")
     return values
+
+
+def known_config_keys(member) -> set[str]:
+    """The keys a member's config takes (a mixer stack has no default, so its test config answers)."""
+    try:
+        return set(member.config_class().to_dict())
+    except ValueError:
+        return set(member.test_config().to_dict() if not member.stack_mixer else member.build_config({}).to_dict())
 
 
 def build_model(args: TrainArgs, tokenizer):
@@ -321,10 +339,14 @@ def load_any_tokenizer(name_or_path: str):
 
 
 def model_name(config: PreTrainedConfig) -> str:
-    """The member (or baseline) name of a model's config, as --model spells it."""
+    """The member (or baseline) name of a model's config, as --model spells it (a stack of one user mixer: its path)."""
     for member in (*MEMBERS.values(), *BASELINES.values()):
         if member.config_class.model_type == config.model_type:
             return member.name
+    mixers = set(getattr(config, "mixer_types", None) or []) - {"attention"}
+    if len(mixers) == 1 and ":" in next(iter(mixers)):
+        path = next(iter(mixers))
+        return f"{path}+attention" if "attention" in config.mixer_types else path
     return config.model_type
 
 
