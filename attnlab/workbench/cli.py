@@ -7,7 +7,10 @@
     attnlab generate outputs/run --prompt "ROMEO:"
     attnlab tokenizer --files a.txt b.txt --vocab_size 4096 --output_dir my-tokenizer
     attnlab push outputs/run your-name/my-model                           # check, write the card, upload
-    attnlab audit outputs/run                                             # causality and cache checks (--json)
+    attnlab audit outputs/run                                             # the contract, PASS/FAIL per check (--json)
+    attnlab new-mixer gated_decay --output_dir my_mixer                   # a mixer to start from, its test, a README
+    attnlab audit --mixer gated_decay:GatedDecayMixer                     # a mixer by import path: stack and hybrid
+    attnlab train --mixer gated_decay:GatedDecayMixer+attention --preset tiny
     attnlab demo
     attnlab bench speed --presets tiny small --compile                    # benchmark suite: speed, mqar, copy, lm
     attnlab train --model vqlnmlp --csv_file series.csv --column value     # time series: see timeseries.py
@@ -36,7 +39,7 @@ from . import audit
 from . import bench as benchmark_suite
 from .data import load_text_splits, pack_blocks, token_stream
 from .evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
-from . import timeseries
+from . import scaffold, timeseries
 from .hub import CHECKPOINT_PREFIX, publish
 from ..tokenization_attnlab import byte_tokenizer, token_byte_lengths, train_bpe_tokenizer
 from .training import METRICS_FILE, TrainArgs, build_config, train
@@ -285,7 +288,9 @@ def build_parser() -> HfArgumentParser:
     push.add_argument("--revision", default=None, help="upload to this branch (created if missing) instead of main")
     push.set_defaults(func=push_command)
 
-    audit_parser = commands.add_parser("audit", help="check a model for causality and cache consistency")
+    scaffold.add_command(commands)
+
+    audit_parser = commands.add_parser("audit", help="check a model (or --mixer) against the contract of DESIGN.md")
     audit.add_arguments(audit_parser)
     audit_parser.set_defaults(func=audit.run)
 
