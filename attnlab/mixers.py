@@ -9,12 +9,13 @@ class declares, once, what its cache slot needs:
         num_recurrent_states = 1          # recurrent state tensors kept in a linear_attention or hybrid slot
 
 Everything else (a config's `layer_types`, the `DynamicCache(config)` that generate() builds, the audit, the
-benchmarks, the Hub folder) is derived from those two attributes. attnlab's own mixers are the entries of `MIXERS`;
-a mixer outside attnlab is named by its import path, `"package.module:ClassName"`, and is imported on first use (or,
-in a saved folder, found among the modules `save_pretrained` copied into it: see `modeling_stack.py`).
+benchmarks, the Hub folder) is derived from those two attributes. A mixer outside attnlab is named by its import
+path, `"package.module:ClassName"`, and is imported on first use (or, in a saved folder, found among the modules
+`save_pretrained` copied into it: see `modeling_mixer_stack.py`).
 
-`MIXERS` also says which config class holds a mixer's own options (elita's `position_width`, evolving's
-`evolution_rate`, ...), so that a stack can give each mixer its options while sharing width and depth.
+attnlab's own entries are `attention` and each member's mixer, registered by the member's line in `members.py`
+(its model class's `mixer_class`); their config class holds the mixer's options (elita's `position_width`,
+evolving's `evolution_rate`, ...), so that a stack can give each mixer its options while sharing width and depth.
 """
 
 import importlib
@@ -67,26 +68,17 @@ def spec_of_class(name: str, mixer_class, options_config_class=None) -> MixerSpe
 
 
 def _builtin_mixers() -> dict[str, MixerSpec]:
+    """`attention` and every member's mixer (its model class's `mixer_class`, its config's fields as options): a
+    member's one line in `members.MEMBERS` registers its mixer too."""
     # Imported here, not at module level: the member configs derive their layer types from this registry, and the
     # member modeling files import those configs.
-    from .configuration_depth_recurrent import DepthRecurrentConfig
-    from .configuration_elita import ElitaConfig
-    from .configuration_evolving import EvolvingConfig
-    from .configuration_triple_product import TripleProductConfig
+    from .members import MEMBERS
     from .modeling_common import AttnlabAttention
-    from .modeling_depth_recurrent import DepthRecurrentAttention
-    from .modeling_elita import ElitaAttention
-    from .modeling_evolving import EvolvingAttention
-    from .modeling_triple_product import TripleProductAttention
 
-    entries = [
-        ("attention", AttnlabAttention, None),
-        ("triple_product", TripleProductAttention, TripleProductConfig),
-        ("evolving", EvolvingAttention, EvolvingConfig),
-        ("elita", ElitaAttention, ElitaConfig),
-        ("depth_recurrent", DepthRecurrentAttention, DepthRecurrentConfig),
-    ]
-    return {name: spec_of_class(name, cls, options) for name, cls, options in entries}
+    entries = {"attention": spec_of_class("attention", AttnlabAttention)}
+    for name, member in MEMBERS.items():
+        entries[name] = spec_of_class(name, member.model_class.mixer_class, member.config_class)
+    return entries
 
 
 _REGISTRY: dict[str, MixerSpec] = {}

@@ -207,6 +207,8 @@ class DepthRecurrentPreTrainedModel(PreTrainedModel):
 
 
 class DepthRecurrentModel(DepthRecurrentPreTrainedModel):
+    mixer_class = DepthRecurrentAttention  # the blocks' mixer, as the mixer registry (and stacks) know it
+
     def __init__(self, config: DepthRecurrentConfig):
         super().__init__(config)
         hidden, passes, blocks = config.hidden_size, config.num_passes, config.num_unique_layers
