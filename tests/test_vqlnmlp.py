@@ -312,11 +312,8 @@ def test_bad_tensors_get_clear_errors():
     model = tiny_model()
     with pytest.raises(ValueError, match="NaN or infinite"):
         model(past_values=torch.tensor([[1.0, float("nan"), 2.0]]))
-    with pytest.raises(ValueError, match="marks 1 value"):
-        mask = torch.ones(2, 16, 1)
-        mask[0, 3] = 0
-        model(past_values=series(), past_observed_mask=mask)
-    model(past_values=series(), past_observed_mask=torch.ones(2, 16, 1))  # all observed: fine
+    with pytest.raises(ValueError, match="must have the shape of past_values"):
+        model(past_values=series(), past_observed_mask=torch.ones(2, 15, 1))
     with pytest.raises(ValueError, match="more than context_length=16"):
         model(past_values=series(length=17))
     with pytest.raises(ValueError, match="more than context_length=16"):
@@ -492,3 +489,51 @@ def test_cli_train_eval_forecast(tmp_path, capsys):
             cli.main(["forecast", str(folder), *bad, "--output", str(tmp_path / "bad")])
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1 and re.search(message, error[0]), error
+
+
+# Missing values ----------------------------------------------------------------------------------------------------
+
+
+def test_a_gap_never_enters_the_loss_or_the_prediction():
+    model = tiny_model()
+    values, future = series(), series(length=1)
+    mask = torch.ones(2, 16, 1)
+    mask[0, 5] = 0
+    holed = values.clone()
+    holed[0, 5] = float("nan")
+    loss = model(past_values=holed, past_observed_mask=mask, future_values=future).loss
+    assert torch.isfinite(loss)
+    # Whatever the missing value was, nothing changes: it is neither read nor scored.
+    other = values.clone()
+    other[0, 5] = 1e6
+    assert torch.equal(loss, model(past_values=other, past_observed_mask=mask, future_values=future).loss)
+    # The loss counts a prediction only where its input and its target are observed: by hand.
+    out = model(past_values=values, future_values=future)
+    targets = (torch.cat([values, future], 1)[:, 1:] - out.loc) / out.scale
+    standard = (out.prediction_outputs - out.loc) / out.scale
+    counted = torch.ones(2, 16, 1, dtype=torch.bool)
+    counted[0, 4] = counted[0, 5] = False  # position 4 predicts the gap, position 5 reads it
+    by_hand = (standard - targets).pow(2)[counted].mean()
+    masked = model(past_values=other, past_observed_mask=mask, future_values=future)
+    torch.testing.assert_close(masked.loss, by_hand)
+    # The missing input holds the last observed value (after scaling): its prediction equals its neighbour's.
+    assert masked.prediction_outputs[0, 5].item() == pytest.approx(masked.prediction_outputs[0, 4].item())
+    # A missing future target is excluded too.
+    future_mask = torch.zeros(2, 1, 1)
+    with_future_gap = model(past_values=values, future_values=torch.full((2, 1, 1), float("nan")),
+                            future_observed_mask=future_mask).loss
+    assert torch.isfinite(with_future_gap)
+
+
+def test_window_scalers_ignore_missing_values():
+    model = tiny_model(scaling="std")
+    values = series()
+    mask = torch.ones(2, 16, 1)
+    mask[:, 8:] = 0
+    holed = values.clone()
+    holed[:, 8:] = float("nan")
+    out = model.model(past_values=holed, past_observed_mask=mask)
+    expected = values[:, :8].mean(1, keepdim=True)
+    torch.testing.assert_close(out.loc, expected)
+    forecast = model.generate(holed, past_observed_mask=mask, prediction_length=3).sequences
+    assert torch.isfinite(forecast).all()
