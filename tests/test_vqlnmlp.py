@@ -351,16 +351,58 @@ def test_bad_csv_files_get_clear_errors(tmp_path):
         load_series(write_csv(tmp_path / "a.csv", good), ["load"])
     with pytest.raises(ValueError, match="not numeric at row 4"):
         load_series(write_csv(tmp_path / "b.csv", good[:2] + ["2,abc"] + good[3:]))
-    with pytest.raises(ValueError, match="empty at row 3"):
-        load_series(write_csv(tmp_path / "c.csv", good[:1] + ["1,"] + good[2:]))
-    with pytest.raises(ValueError, match="'nan' at row 2"):
-        load_series(write_csv(tmp_path / "d.csv", ["0,nan"] + good[1:]))
+    with pytest.raises(ValueError, match="empty at row 3.*--fill"):
+        load_series(write_csv(tmp_path / "c.csv", good[:1] + ["1,"] + good[2:]), fill="none")
+    with pytest.raises(ValueError, match="'inf' at row 2"):
+        load_series(write_csv(tmp_path / "d.csv", ["0,inf"] + good[1:]))
+    with pytest.raises(ValueError, match="--fill must be one of"):
+        load_series(write_csv(tmp_path / "d.csv", good), fill="zero")
     with pytest.raises(FileNotFoundError, match="no CSV file"):
         load_series(str(tmp_path / "missing.csv"))
     values, columns = load_series(write_csv(tmp_path / "e.csv", good))
     assert values.shape == (40, 1) and columns == ["value"]
-    with pytest.raises(ValueError, match="too short"):
+    with pytest.raises(ValueError, match="too short.*--context_length 7 is the largest that fits"):
         split_series(values, context_length=16)  # a 20% tail of 40 points holds 8, not 17
+    assert len(split_series(values, context_length=7).validation) == 1
+
+
+def test_gaps_are_kept_as_missing_or_filled_only_when_asked(tmp_path):
+    rows = ["0,1", "1,", "2,NA", "3,4", "4,5"]
+    masked_values, _ = load_series(write_csv(tmp_path / "g.csv", rows))
+    assert np.isnan(masked_values[1:3, 0]).all() and masked_values[3, 0] == 4  # never silently interpolated
+    np.testing.assert_array_equal(load_series(str(tmp_path / "g.csv"), fill="ffill")[0][:, 0], [1, 1, 1, 4, 5])
+    np.testing.assert_array_equal(load_series(str(tmp_path / "g.csv"), fill="linear")[0][:, 0], [1, 2, 3, 4, 5])
+    assert timeseries.read_series(str(tmp_path / "g.csv")).missing == 2
+
+
+def test_an_unsorted_or_irregular_time_index_is_refused_naming_the_row(tmp_path):
+    with pytest.raises(ValueError, match="not increasing at row 4"):
+        load_series(write_csv(tmp_path / "u.csv", ["0,1", "1,2", "0.5,3", "3,4"]))
+    with pytest.raises(ValueError, match="irregular at row 4"):
+        load_series(write_csv(tmp_path / "i.csv", ["0,1", "1,2", "3,3", "4,4"]))
+    with pytest.raises(ValueError, match="irregular at row 4"):
+        load_series(write_csv(tmp_path / "m.csv", ["2000-01-01,1", "2000-02-01,2", "2000-04-01,3"], "date,value"))
+    monthly = write_csv(tmp_path / "ok.csv", ["2000-01-31,1", "2000-02-29,2", "2000-03-31,3"], "date,value")
+    assert timeseries.read_series(monthly).frequency == "M"
+    quarterly = write_csv(tmp_path / "q.csv", ["2000-01-01,1", "2000-04-01,2", "2000-07-01,3"], "date,value")
+    assert timeseries.read_series(quarterly).frequency == "Q"
+    hourly = write_csv(tmp_path / "h.csv", ["2000-01-01T00:00,1", "2000-01-01T01:00,2", "2000-01-01T02:00,3"],
+                       "date,value")
+    assert timeseries.read_series(hourly).frequency == "h"
+
+
+def test_training_with_a_gap_keeps_the_gap_out_of_the_loss(tmp_path):
+    values = np.sin(np.arange(120) / 4)[:, None]
+    values[30:33] = np.nan
+    split = split_series(values, 16)
+    batch = split.train.select(torch.arange(8, 20))  # windows that hold the gap
+    assert torch.isnan(batch.inputs).any()
+    model = tiny_model(scaling_loc=split.loc, scaling_scale=split.scale)
+    loss = model(**timeseries.masked(batch.inputs), future_values=batch.targets.nan_to_num(),
+                 future_observed_mask=torch.isfinite(batch.targets)).loss
+    assert torch.isfinite(loss)
+    result = timeseries.one_step_mse(timeseries.persistence_forecaster, batch, split.loc, split.scale)
+    assert math.isfinite(result["mse"]) and result["values"] < batch.inputs.numel()
 
 
 @pytest.mark.parametrize("argv", [

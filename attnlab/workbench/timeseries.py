@@ -62,9 +62,28 @@ def embedded_csv(name: str = DEFAULT_SERIES) -> Path:
     return Path(str(resources.files("attnlab.workbench").joinpath(f"corpus/{name}")))
 
 
-def load_series(csv_file: str | None = None, columns: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
-    """The columns of a CSV file with a header row as a float64 array [time, channels] (default: the embedded
-    formaldehyde series, default columns: the last one). Errors name the file, column and row."""
+MISSING_CELLS = {"", "na", "nan", "null", "none", "?"}
+FILLS = ("mask", "ffill", "linear", "none")
+
+
+@dataclass
+class Series:
+    values: np.ndarray          # [time, channels], NaN where missing (unless filled)
+    columns: list[str]
+    frequency: str | None       # "min", "h", "D", "W", "M", "Q", "Y" (with a multiple, e.g. "2min"), from the index
+    missing: int                # values missing in the file (before any --fill)
+    time_column: str | None = None
+
+
+def read_series(csv_file: str | None = None, columns: list[str] | None = None, fill: str = "mask",
+                time_column: str | None = None) -> Series:
+    """The columns of a CSV file with a header row (default: the embedded formaldehyde series, default columns:
+    the last one). An empty, NA or NaN cell is a missing value: with fill "mask" it stays NaN (the model gets
+    past_observed_mask, scores skip it), "ffill" / "linear" fill it explicitly, "none" refuses it. The time index
+    (`time_column`, default: the first column when it is not modelled) must be sorted and regular; a calendar one
+    (ISO dates) gives the frequency. Errors name the file, column and row."""
+    if fill not in FILLS:
+        raise ValueError(f"--fill must be one of {FILLS}, got {fill!r}")
     path = Path(csv_file) if csv_file else embedded_csv()
     if not path.is_file():
         raise FileNotFoundError(f"no CSV file at {path}")
@@ -75,22 +94,113 @@ def load_series(csv_file: str | None = None, columns: list[str] | None = None) -
     header = [name.strip() for name in rows[0]]
     columns = list(columns) if columns else [header[-1]]
     missing = [name for name in columns if name not in header]
-    if missing:
-        raise ValueError(f"{path} has no column {missing[0]!r}; its columns are {header}")
+    if missing or (time_column and time_column not in header):
+        raise ValueError(f"{path} has no column {(missing or [time_column])[0]!r}; its columns are {header}")
     values = np.empty((len(rows) - 1, len(columns)))
     for channel, name in enumerate(columns):
         index = header.index(name)
         for row, cells in enumerate(rows[1:], start=2):  # row numbers as a spreadsheet shows them
             cell = cells[index].strip() if index < len(cells) else ""
-            if not cell:
-                raise ValueError(f"{path}: column {name!r} is empty at row {row}; the series must be complete")
+            if cell.lower() in MISSING_CELLS:
+                if fill == "none":
+                    raise ValueError(f"{path}: column {name!r} is empty at row {row} ({cell!r}); pass --fill mask "
+                                     "(the model skips it), ffill or linear")
+                values[row - 2, channel] = np.nan
+                continue
             try:
                 values[row - 2, channel] = float(cell)
             except ValueError:
                 raise ValueError(f"{path}: column {name!r} is not numeric at row {row} ({cell!r})") from None
             if not math.isfinite(values[row - 2, channel]):
                 raise ValueError(f"{path}: column {name!r} holds {cell!r} at row {row}; the series must be finite")
-    return values, columns
+    count = int(np.isnan(values).sum())
+    if np.isnan(values).all(axis=0).any():
+        raise ValueError(f"{path}: a column has no observed value")
+    if time_column is None and header[0] not in columns:
+        time_column = header[0]
+    frequency = None
+    if time_column is not None:
+        frequency = check_time_index(path, time_column, [cells[header.index(time_column)].strip() if
+                                                          header.index(time_column) < len(cells) else ""
+                                                          for cells in rows[1:]])
+    if fill == "ffill":
+        values = fill_forward(values)
+    elif fill == "linear":
+        values = fill_linear(values)
+    return Series(values, columns, frequency, count, time_column)
+
+
+def load_series(csv_file: str | None = None, columns: list[str] | None = None,
+                fill: str = "mask") -> tuple[np.ndarray, list[str]]:
+    """read_series' values [time, channels] and column names."""
+    series = read_series(csv_file, columns, fill)
+    return series.values, series.columns
+
+
+def fill_forward(values: np.ndarray) -> np.ndarray:
+    """--fill ffill: the last observed value; before the first one, the first observed value."""
+    from .forecasting import forward_fill
+
+    filled = forward_fill(values)
+    first = np.array([column[np.isfinite(column)][0] for column in values.T])
+    return np.where(np.isnan(filled), first, filled)
+
+
+def fill_linear(values: np.ndarray) -> np.ndarray:
+    """--fill linear: straight lines between the observed neighbours (constant past either end)."""
+    filled = values.copy()
+    steps = np.arange(len(values))
+    for channel in range(values.shape[1]):
+        known = np.isfinite(values[:, channel])
+        filled[:, channel] = np.interp(steps, steps[known], values[known, channel])
+    return filled
+
+
+def check_time_index(path: Path, name: str, cells: list[str]) -> str | None:
+    """Refuse an unsorted or irregular time index naming the row; return the frequency of a calendar index
+    (None for a numeric one, whose unit is unknown). A number or an ISO date / datetime per row."""
+    try:
+        times = np.array([float(cell) for cell in cells])
+        calendar = False
+    except ValueError:
+        try:
+            times = np.array(cells, dtype="datetime64[s]")
+            calendar = True
+        except ValueError:
+            return None  # not a time index (a label column): nothing to check
+    steps = np.diff(times.astype(np.float64) if not calendar else times.astype("int64"))
+    if not len(steps):
+        return None
+    for index, step in enumerate(steps):
+        if step <= 0:
+            raise ValueError(f"{path}: the time index {name!r} is not increasing at row {index + 3} "
+                             f"({cells[index + 1]!r} after {cells[index]!r}); sort the file")
+    if not calendar or (np.all(steps == steps[0]) and steps[0] < 28 * 86400):  # months differ in length
+        irregular = np.flatnonzero(np.abs(steps - steps[0]) > 1e-6 * abs(steps[0]))
+        if len(irregular):
+            row = irregular[0]
+            raise ValueError(f"{path}: the time index {name!r} is irregular at row {row + 3} (a step of "
+                             f"{steps[row]:g} after steps of {steps[0]:g}); insert empty rows for missing times")
+        if not calendar:
+            return None
+        seconds = int(steps[0])
+        for unit, size in (("W", 7 * 86400), ("D", 86400), ("h", 3600), ("min", 60)):
+            if seconds % size == 0:
+                multiple = seconds // size
+                return unit if multiple == 1 else (f"{multiple}{unit}" if unit in ("h", "min") else None)
+        return None
+    # Calendar months: the same day of the month and a constant number of months between rows.
+    months = times.astype("datetime64[M]")
+    days = (times.astype("datetime64[D]") - months.astype("datetime64[D]")).astype(int)
+    month_ends = ((months + 1).astype("datetime64[D]") - times.astype("datetime64[D]")).astype(int) == 1
+    if month_ends.all():  # month-end dates (31 Jan, 28 Feb, ...) are regular too
+        days = np.zeros_like(days)
+    month_steps = np.diff(months.astype(int))
+    for index in range(len(month_steps)):
+        if month_steps[index] != month_steps[0] or days[index + 1] != days[0]:
+            raise ValueError(f"{path}: the time index {name!r} is irregular at row {index + 3} ({cells[index + 1]!r} "
+                             f"after {cells[index]!r}); insert empty rows for missing times")
+    return {1: "M", 3: "Q", 12: "Y"}.get(int(month_steps[0]))
 
 
 @dataclass
@@ -120,7 +230,7 @@ def make_windows(series: np.ndarray, length: int, offset: int = 0) -> Windows:
     in the full series (for `starts`)."""
     if len(series) < length + 1:
         raise ValueError(f"a series of {len(series)} points is shorter than one window of {length} values plus "
-                         "its next value")
+                         f"its next value; the largest window that fits is {len(series) - 1}")
     count = len(series) - length
     index = np.arange(length)[None, :] + np.arange(count)[:, None]
     values = torch.tensor(series, dtype=torch.float32)
@@ -145,18 +255,21 @@ def split_series(series: np.ndarray, context_length: int, mode: str = "tail", va
         tail = round(validation_fraction * len(series))
         start = len(series) - tail
         if min(start, tail) < context_length + 1:
+            fits = min(start, tail) - 1
+            advice = f"--context_length {fits} is the largest that fits" if fits >= 1 else "use a longer series"
             raise ValueError(f"a series of {len(series)} points is too short for a {validation_fraction:g} tail split "
                              f"with context_length {context_length}: each part needs at least {context_length + 1} "
-                             f"points (the training part has {start}, the tail {tail})")
+                             f"points (the training part has {start}, the tail {tail}); {advice}")
         head = series[:start]
         return SeriesSplit(make_windows(head, context_length), make_windows(series[start:], context_length, start),
-                           loc=head.mean(0).tolist(), scale=head.std(0).tolist(), mode=mode, tail_start=start)
+                           loc=np.nanmean(head, 0).tolist(), scale=np.nanstd(head, 0).tolist(), mode=mode,
+                           tail_start=start)
     if mode == "random":
         windows = make_windows(series, context_length)
         train_size = int((1 - validation_fraction) * len(windows))
         order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))
-        return SeriesSplit(windows.select(order[:train_size]), windows.select(order[train_size:]), loc=series.mean(0).tolist(),
-                           scale=series.std(0).tolist(), mode=mode)
+        return SeriesSplit(windows.select(order[:train_size]), windows.select(order[train_size:]),
+                           loc=np.nanmean(series, 0).tolist(), scale=np.nanstd(series, 0).tolist(), mode=mode)
     raise ValueError(f"split must be 'tail' (held-out end of the series) or 'random' (the seed's leaky split), "
                      f"got {mode!r}")
 
@@ -174,8 +287,14 @@ def window_overlap(split: SeriesSplit) -> int:
 def model_forecaster(model: VQLNMLPForPrediction) -> Forecaster:
     def forecast(values):
         with torch.no_grad():
-            return model(past_values=values).prediction_outputs
+            return model(**masked(values)).prediction_outputs
     return forecast
+
+
+def masked(values: torch.Tensor) -> dict:
+    """past_values with NaN (missing) as past_observed_mask; the missing values themselves are never read."""
+    observed = torch.isfinite(values)
+    return dict(past_values=values.nan_to_num(), past_observed_mask=observed)
 
 
 def persistence_forecaster(values: torch.Tensor) -> torch.Tensor:
@@ -262,9 +381,13 @@ def one_step_mse(forecaster: Forecaster, windows: Windows, loc: list[float], sca
     for start in range(0, len(windows), batch_size):
         inputs, after = windows.inputs[start:start + batch_size], windows.targets[start:start + batch_size]
         error = (forecaster(inputs).double() - torch.cat([inputs[:, 1:], after], dim=1).double())
+        error = error[torch.isfinite(inputs).all(-1)]  # [points, C]: a prediction read from a gap is not scored
+        error = error[torch.isfinite(error).all(-1)]  # nor one of a gap
         squared += error.pow(2).sum().item()
         squared_standard += (error / scale_t).pow(2).sum().item()
         count += error.numel()
+    if count == 0:
+        raise ValueError("no observed next-step pair to score (every window holds a gap)")
     return dict(mse_standardised=squared_standard / count, mse=squared / count, values=count)
 
 
@@ -413,7 +536,8 @@ def train_timeseries(args: TimeSeriesTrainArgs, progress: bool = True,
     batches = endless_batches(accelerator, loader, state["batches"]) if state["step"] < max_steps else iter(())
     model.train()
     for inputs, targets in batches:
-        loss = model(past_values=inputs, future_values=targets).loss
+        loss = model(**masked(inputs), future_values=targets.nan_to_num(),
+                     future_observed_mask=torch.isfinite(targets)).loss
         accelerator.backward(loss)
         if args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
