@@ -519,6 +519,12 @@ def test_cli_train_eval_forecast(tmp_path, capsys):
     report = json.loads((tmp_path / "eval.json").read_text())
     assert set(report["results"]) == {"model", "persistence", "mean", "linear_ar"}
     assert report["results"]["model"]["rollout_steps"] == 147
+    assert set(report["field_metrics"]) == {"model", "persistence", "seasonal_naive", "linear_ar"}
+    assert report["field_metrics"]["seasonal_naive"]["mase_ratio_to_seasonal_naive"] == 1
+    assert report["field_metrics"]["persistence"]["points_per_horizon"] == 147
+    cli.main(["eval", str(folder), "--horizon", "3", "--season", "30", "--output_json", str(tmp_path / "eval3.json")])
+    per_horizon = json.loads((tmp_path / "eval3.json").read_text())["field_metrics"]["model"]["per_horizon"]
+    assert [m["points"] for m in per_horizon] == [147, 147, 147]
     cli.main(["forecast", str(folder), "--horizon", "12", "--output", str(tmp_path / "fc")])
     rows = (tmp_path / "fc.csv").read_text().splitlines()
     assert len(rows) == 13 and rows[0].startswith("index,forecast_")
@@ -531,6 +537,9 @@ def test_cli_train_eval_forecast(tmp_path, capsys):
             cli.main(["forecast", str(folder), *bad, "--output", str(tmp_path / "bad")])
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1 and re.search(message, error[0]), error
+    sine = write_csv(tmp_path / "sine.csv", [f"{i},{math.sin(i / 5):.4f}" for i in range(200)])
+    with pytest.warns(UserWarning, match=r"far outside the training statistics: 'value' has mean .* std 0\.7"):
+        cli.main(["forecast", str(folder), "--csv_file", sine, "--horizon", "4", "--output", str(tmp_path / "s")])
 
 
 # Missing values ----------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -330,6 +331,23 @@ def fit_linear_ar(train: Windows, loc: list[float], scale: list[float], order: i
     return forecast
 
 
+class VQLNMLPTailForecaster:
+    """A vqlnmlp model for forecasting.evaluate: contexts [N, L, C] with NaN gaps -> [N, H, C] through generate()
+    (rolled out: the model predicts one step ahead), reading the last context_length values."""
+
+    name = "vqlnmlp"
+
+    def __init__(self, model: VQLNMLPForPrediction, rollout: str = "sliding", batch_size: int = 512):
+        self.model, self.rollout, self.batch_size = model, rollout, batch_size
+
+    def predict(self, contexts: np.ndarray, horizon: int) -> np.ndarray:
+        values = torch.tensor(contexts[:, -self.model.config.context_length:], dtype=torch.float32)
+        out = [self.model.generate(**masked(values[start:start + self.batch_size]), prediction_length=horizon,
+                                   rollout=self.rollout).sequences[:, 0]
+               for start in range(0, len(values), self.batch_size)]
+        return torch.cat(out).double().numpy()
+
+
 class LSTMForecaster(nn.Module):
     """The small LSTM baseline: standardised value -> LSTM -> Linear, a next-step prediction at every position."""
 
@@ -429,6 +447,8 @@ class TimeSeriesTrainArgs:
         "help": "CSV file with a header row (default: the embedded formaldehyde series of seed 004)"})
     column: list[str] | None = field(default=None, metadata={
         "help": "column(s) to model, one channel each (default: the last column)"})
+    fill: str = field(default="mask", metadata={
+        "help": "missing values: 'mask' (past_observed_mask; never in the loss), 'ffill', 'linear', or 'none' (refuse)"})
     split: str = field(default="tail", metadata={
         "help": "'tail': hold out the end of the series (honest); 'random': the seed's random split of overlapping "
                 "windows with whole-series statistics (leaks; for comparison only)"})
@@ -456,7 +476,7 @@ class TimeSeriesTrainArgs:
     num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process (1 suits tiny models)"})
 
 
-RESUME_KEYS = ("model", "csv_file", "column", "split", "validation_fraction", "context_length", "prediction_length",
+RESUME_KEYS = ("model", "csv_file", "column", "fill", "split", "validation_fraction", "context_length", "prediction_length",
                "d_model", "codebook_size", "num_heads", "position_code", "trainable_codebook", "use_attention",
                "config_overrides", "batch_size", "num_epochs", "learning_rate", "max_grad_norm", "seed")
 
@@ -500,7 +520,7 @@ def train_timeseries(args: TimeSeriesTrainArgs, progress: bool = True,
     if not args.resume and last_checkpoint(output_dir) is not None:
         raise ValueError(f"{output_dir} already holds a checkpoint; pass --resume to continue it or choose another "
                          "--output_dir")
-    series, columns = load_series(args.csv_file, args.column)
+    series, columns = load_series(args.csv_file, args.column, args.fill)
     split = split_series(series, args.context_length, args.split, args.validation_fraction)
     accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
                                                                         data_seed=args.seed))
@@ -629,6 +649,24 @@ def load_forecaster_folder(folder: str | Path) -> VQLNMLPForPrediction:
     return TIME_SERIES_MEMBERS[model_type].prediction_class.from_pretrained(folder).eval()
 
 
+def scale_warning(series: np.ndarray, config: VQLNMLPConfig, columns: list[str]) -> str | None:
+    """A warning naming the numbers when the data lies far outside the training statistics stored in the config
+    (a mean more than 10 training stds away, or a std 10 times smaller or larger): the model has never seen such
+    values, and its forecasts mean little."""
+    if config.scaling != "stored":
+        return None
+    problems = []
+    for channel, name in enumerate(columns):
+        mean, std = np.nanmean(series[:, channel]), np.nanstd(series[:, channel])
+        loc, scale = config.scaling_loc[channel], config.scaling_scale[channel]
+        if abs(mean - loc) > 10 * scale or not 0.1 <= std / scale <= 10:
+            problems.append(f"{name!r} has mean {mean:.4g} and std {std:.4g}; the model was trained on mean {loc:.4g} "
+                            f"and std {scale:.4g}")
+    if not problems:
+        return None
+    return "the data is far outside the training statistics: " + "; ".join(problems) + " (forecasts will be poor)"
+
+
 def training_args_of(folder: str | Path) -> dict:
     """The data options the folder was trained with (defaults for eval and forecast), if it has metrics.json."""
     metrics = Path(folder) / METRICS_FILE
@@ -636,18 +674,28 @@ def training_args_of(folder: str | Path) -> dict:
 
 
 def evaluate_folder(folder: str, csv_file: str | None = None, column: list[str] | None = None,
-                    split: str | None = None, validation_fraction: float | None = None) -> dict:
-    """Validation one-step MSE and the rollout over the held-out tail, for the model and the cheap baselines."""
+                    split: str | None = None, validation_fraction: float | None = None, horizon: int = 1,
+                    season: int | None = None) -> dict:
+    """Validation one-step MSE and the rollout over the held-out tail, for the model and the cheap baselines;
+    with the tail split also the field's metrics (forecasting.evaluate: MASE, sMAPE, MAE, MSE per horizon 1..H)
+    for the model, persistence, seasonal naive and the AIC-order autoregression."""
+    from . import forecasting
+
     model = load_forecaster_folder(folder)
     trained = training_args_of(folder)
     csv_file = csv_file if csv_file is not None else trained.get("csv_file")
     column = column if column is not None else trained.get("column")
     split_mode = split or trained.get("split", "tail")
     fraction = validation_fraction or trained.get("validation_fraction", 0.2)
-    series, columns = load_series(csv_file, column)
+    loaded = read_series(csv_file, column)
+    series, columns = loaded.values, loaded.columns
+    season = season or (forecasting.season_of(loaded.frequency) if loaded.frequency else 1)
     if series.shape[1] != model.config.num_input_channels:
         raise ValueError(f"{folder} models {model.config.num_input_channels} channel(s); {len(columns)} column(s) "
                          "were given")
+    warning = scale_warning(series, model.config, columns)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     data = split_series(series, model.config.context_length, split_mode, fraction)
     # The model's own (stored) standardisation scores everyone, so the numbers compare with training's.
     loc, scale = model.config.scaling_loc, model.config.scaling_scale
@@ -660,8 +708,21 @@ def evaluate_folder(folder: str, csv_file: str | None = None, column: list[str] 
             rollout = rollout_mse(forecaster, series, data.tail_start, model.config.context_length)
             results[name]["rollout_mse"] = rollout["rollout_mse"]
             results[name]["rollout_steps"] = rollout["steps"]
+    field_metrics = {}
+    if data.tail_start is not None:
+        train = series[:data.tail_start]
+        tail_forecasters = {"model": VQLNMLPTailForecaster(model), "persistence": forecasting.Persistence(),
+                            "seasonal_naive": forecasting.SeasonalNaive(season),
+                            "linear_ar": forecasting.LinearAR().fit(train)}
+        context = min(model.config.context_length, data.tail_start - horizon + 1)
+        context = max(context, min(season, data.tail_start - horizon + 1))
+        for name, forecaster in tail_forecasters.items():
+            field_metrics[name] = forecasting.evaluate(forecaster, series, data.tail_start, horizon, season, context)
+        reference = field_metrics["seasonal_naive"]["mase"]
+        for metrics in field_metrics.values():
+            metrics["mase_ratio_to_seasonal_naive"] = metrics["mase"] / reference
     return dict(folder=str(folder), columns=columns, split=split_mode, validation_windows=len(data.validation),
-                results=results)
+                results=results, warning=warning, horizon=horizon, season=season, field_metrics=field_metrics)
 
 
 def forecast_to_files(folder: str, output: str, csv_file: str | None = None, column: list[str] | None = None,
@@ -672,6 +733,9 @@ def forecast_to_files(folder: str, output: str, csv_file: str | None = None, col
     trained = training_args_of(folder)
     series, columns = load_series(csv_file if csv_file is not None else trained.get("csv_file"),
                                   column if column is not None else trained.get("column"))
+    warning = scale_warning(series, model.config, columns)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     context_length = model.config.context_length
     horizon = model.config.prediction_length if horizon is None else horizon
     if horizon <= 0:
@@ -686,7 +750,8 @@ def forecast_to_files(folder: str, output: str, csv_file: str | None = None, col
         raise ValueError(f"--start {start} must leave context_length={context_length} values before it and lie "
                          f"within the series ({len(series)} points)")
     context = torch.tensor(series[start - context_length:start], dtype=torch.float32).unsqueeze(0)
-    forecast = model.generate(context, prediction_length=horizon, rollout=rollout).sequences[0, 0].double().numpy()
+    forecast = model.generate(**masked(context), prediction_length=horizon,
+                              rollout=rollout).sequences[0, 0].double().numpy()
     truth = series[start:start + horizon]
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -698,9 +763,9 @@ def forecast_to_files(folder: str, output: str, csv_file: str | None = None, col
             writer.writerow([start + step, *forecast[step].tolist(), *(truth[step].tolist() if known else [""] * len(columns))])
     plot_forecast(output.with_suffix(".png"), series, start, forecast, columns, context_length)
     result = dict(csv=str(output.with_suffix(".csv")), png=str(output.with_suffix(".png")), start=start,
-                  horizon=horizon, truth_steps=len(truth))
+                  horizon=horizon, truth_steps=len(truth), warning=warning)
     if len(truth):
-        result["mse"] = float(np.mean((forecast[:len(truth)] - truth) ** 2))
+        result["mse"] = float(np.nanmean((forecast[:len(truth)] - truth) ** 2))
     return result
 
 
@@ -763,13 +828,23 @@ def train_command(args):
 
 def eval_command(args):
     transformers_logging.disable_progress_bar()  # the loading bar would bury the results
-    report = evaluate_folder(args.folder, args.csv_file, args.column, args.split, args.validation_fraction)
+    report = evaluate_folder(args.folder, args.csv_file, args.column, args.split, args.validation_fraction,
+                             args.horizon, args.season)
     print(f"{report['split']} split, {report['validation_windows']} validation windows ({', '.join(report['columns'])})")
     for name, result in report["results"].items():
         rollout = (f" | rollout MSE over the tail ({result['rollout_steps']} steps) {result['rollout_mse']:.1f}"
                    if "rollout_mse" in result else "")
         print(f"{name:>12}: next-step MSE {result['mse_standardised']:.5f} standardised, {result['mse']:.1f} in "
               f"data units{rollout}")
+    if report["field_metrics"]:
+        print(f"held-out tail, horizons 1..{report['horizon']}, season {report['season']} (each tail point once per "
+              "horizon):")
+        for name, metrics in report["field_metrics"].items():
+            print(f"{name:>14}: MASE {metrics['mase']:.3f} ({metrics['mase_ratio_to_seasonal_naive']:.3f} x seasonal "
+                  f"naive) | sMAPE {metrics['smape']:.2f} | MAE {metrics['mae']:.4g} | MSE {metrics['mse']:.4g}")
+        missing = next(iter(report["field_metrics"].values()))["missing_tail_points"]
+        if missing:
+            print(f"{missing} missing value(s) in the tail are excluded from the scores")
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(report, indent=1))
 
@@ -814,6 +889,9 @@ def build_parser(prog: str = "attnlab") -> HfArgumentParser:
     evaluate.add_argument("--split", choices=["tail", "random"], default=None, help="default: the training split")
     evaluate.add_argument("--validation_fraction", type=float, default=None, help="default: the training one")
     evaluate.add_argument("--output_json", default=None, help="also write the results to this JSON file")
+    evaluate.add_argument("--horizon", type=int, default=1, help="score horizons 1..H on the held-out tail")
+    evaluate.add_argument("--season", type=int, default=None,
+                          help="seasonal period for seasonal naive and MASE (default: from the time index, else 1)")
     evaluate.set_defaults(func=eval_command)
     add_forecast_command(commands)
     return parser
