@@ -6,7 +6,7 @@ by forecasting.evaluate (each tail point once at every horizon 1..H, H by freque
 geometric mean over series of each forecaster's MASE divided by Seasonal Naive's (GIFT-Eval, Chronos, fev).
 
 Forecasters: persistence, seasonal naive, the AIC-order autoregression, statsmodels' exponential smoothing (ETS,
-state space, damped trend and the season when it has at most 52 steps; skipped with a note when statsmodels is not
+state space, damped trend and the season when it has at most 12 steps; skipped with a note when statsmodels is not
 installed), vqlnmlp trained by `attnlab train`'s own loop (train_timeseries), and transformers' PatchTST at a size
 near vqlnmlp's, trained on windows of the same training part for the same number of steps and batch size.
 """
@@ -57,8 +57,8 @@ QUICK_SERIES = ("nile", "elec_equip")
 
 
 class StatsmodelsETS:
-    """statsmodels' state-space exponential smoothing (damped trend, the season when 1 < m <= 52), fitted on the
-    training part; the forecasts from every origin come from one Kalman filter pass over the whole series with the
+    """statsmodels' state-space exponential smoothing (damped trend, the season when 1 < m <= 12: a 52-step
+    season took over 5 minutes to fit here), fitted on the training part; the forecasts from every origin come from one Kalman filter pass over the whole series with the
     fitted parameters (missing values are skipped by the filter), h steps ahead as Z T^(h-1) a_(o|o-1)."""
 
     name = "ets_statsmodels"
@@ -69,7 +69,7 @@ class StatsmodelsETS:
     def fit(self, train: np.ndarray):
         from statsmodels.tsa.statespace.exponential_smoothing import ExponentialSmoothing
 
-        seasonal = self.season if 1 < self.season <= 52 and len(train) > 2 * self.season else None
+        seasonal = self.season if 1 < self.season <= 12 and len(train) > 2 * self.season else None
         self.model_args = dict(trend=True, damped_trend=True, seasonal=seasonal, initialization_method="estimated")
         with warnings.catch_warnings():  # its optimiser's convergence notes; the fit is scored like any other
             warnings.simplefilter("ignore")
