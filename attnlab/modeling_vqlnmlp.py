@@ -113,29 +113,50 @@ def soft_quantize(hidden: torch.Tensor, codebook: torch.Tensor, scale: float) ->
 # Modules
 
 
+def fill_missing(scaled: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """Each missing value (observed == 0) of scaled [N, T, C] takes the last observed value before it, or 0 (the
+    standardisation's loc) when none comes before: the model reads one value per step, so a gap must hold some
+    value; holding the last one is what a forecaster knows at that time and never reads the future."""
+    length = scaled.shape[1]
+    steps = torch.arange(length, device=scaled.device).view(1, length, 1).expand_as(scaled)
+    last = torch.where(observed, steps, -1).cummax(dim=1).values
+    held = scaled.gather(1, last.clamp_min(0))
+    return torch.where(last >= 0, held, torch.zeros_like(scaled))
+
+
 class VQLNMLPScaler(nn.Module):
-    """Standardises past_values [B, T, C]: returns (scaled, loc, scale) with loc and scale [B, 1, C]."""
+    """Standardises past_values [B, T, C]: returns (scaled, loc, scale) with loc and scale [B, 1, C]. With an
+    observed mask the window statistics ("std", "mean") use the observed values only."""
 
     def __init__(self, config: VQLNMLPConfig):
         super().__init__()
         self.config = config
 
-    def forward(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, values: torch.Tensor, observed: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         config = self.config
         batch, _, channels = values.shape
+        if observed is not None:
+            values = torch.where(observed, values, torch.zeros_like(values))  # a missing NaN must not spread
+        weights = torch.ones_like(values) if observed is None else observed.to(values.dtype)
+        count = weights.sum(dim=1, keepdim=True).clamp_min(1)
         if config.scaling == "stored":
             loc = torch.tensor(config.scaling_loc, dtype=values.dtype, device=values.device).view(1, 1, channels)
             scale = torch.tensor(config.scaling_scale, dtype=values.dtype, device=values.device).view(1, 1, channels)
         elif config.scaling == "std":
-            loc = values.mean(dim=1, keepdim=True)
-            scale = (values.var(dim=1, keepdim=True, unbiased=False) + config.minimum_scale).sqrt()
+            loc = (values * weights).sum(dim=1, keepdim=True) / count
+            variance = ((values - loc).pow(2) * weights).sum(dim=1, keepdim=True) / count
+            scale = (variance + config.minimum_scale).sqrt()
         elif config.scaling == "mean":
             loc = torch.zeros_like(values[:, :1])
-            scale = values.abs().mean(dim=1, keepdim=True).clamp_min(config.minimum_scale)
+            scale = ((values.abs() * weights).sum(dim=1, keepdim=True) / count).clamp_min(config.minimum_scale)
         else:
             loc, scale = torch.zeros_like(values[:, :1]), torch.ones_like(values[:, :1])
         loc, scale = loc.expand(batch, 1, channels), scale.expand(batch, 1, channels)
-        return (values - loc) / scale, loc, scale
+        scaled = (values - loc) / scale
+        if observed is not None:
+            scaled = fill_missing(scaled, observed)
+        return scaled, loc, scale
 
 
 class VQLNMLPAttention(nn.Module):
@@ -217,7 +238,8 @@ class VQLNMLPModel(VQLNMLPPreTrainedModel):
 
     def check_inputs(self, past_values: torch.Tensor, past_observed_mask: torch.Tensor | None = None,
                      extra_length: int = 0) -> torch.Tensor:
-        """past_values as [batch, time, channels] float, or a ValueError naming the problem."""
+        """past_values as [batch, time, channels] float, or a ValueError naming the problem. Values that
+        past_observed_mask marks missing may be anything, NaN included."""
         config = self.config
         if not torch.is_tensor(past_values) or not past_values.is_floating_point():
             raise ValueError(f"past_values must be a float tensor [batch, time, channels], got "
@@ -233,19 +255,24 @@ class VQLNMLPModel(VQLNMLPPreTrainedModel):
         if length > config.context_length:
             raise ValueError(f"past_values has {length} time steps, more than context_length={config.context_length}; "
                              f"pass the last {config.context_length} or use a model configured for longer contexts")
-        if not torch.isfinite(past_values).all():
-            bad = (~torch.isfinite(past_values)).sum().item()
-            raise ValueError(f"past_values contains {bad} NaN or infinite value(s); VQLNMLP has no missing-value "
-                             "handling, fill or drop them first")
-        if past_observed_mask is not None:
-            if past_observed_mask.shape != past_values.shape and past_observed_mask.shape != past_values.shape[:2]:
-                raise ValueError(f"past_observed_mask must have the shape of past_values {tuple(past_values.shape)}, "
-                                 f"got {tuple(past_observed_mask.shape)}")
-            if not past_observed_mask.bool().all():
-                missing = (~past_observed_mask.bool()).sum().item()
-                raise ValueError(f"past_observed_mask marks {missing} value(s) as missing; VQLNMLP cannot skip "
-                                 "steps (each prediction reads its own step's value), fill them first")
+        observed = self.observed_mask(past_values, past_observed_mask)
+        if not torch.isfinite(past_values[observed]).all():
+            bad = (~torch.isfinite(past_values[observed])).sum().item()
+            raise ValueError(f"past_values contains {bad} NaN or infinite value(s) marked observed; mark them 0 in "
+                             "past_observed_mask (or fill them)")
         return past_values
+
+    @staticmethod
+    def observed_mask(past_values: torch.Tensor, past_observed_mask: torch.Tensor | None) -> torch.Tensor:
+        """The mask as a bool tensor of past_values' shape (all True when None)."""
+        if past_observed_mask is None:
+            return torch.ones_like(past_values, dtype=torch.bool)
+        if past_observed_mask.dim() == 2 and past_values.dim() == 3 and past_values.shape[-1] == 1:
+            past_observed_mask = past_observed_mask.unsqueeze(-1)
+        if past_observed_mask.shape != past_values.shape:
+            raise ValueError(f"past_observed_mask must have the shape of past_values {tuple(past_values.shape)}, "
+                             f"got {tuple(past_observed_mask.shape)}")
+        return past_observed_mask.bool()
 
     def encode(self, scaled: torch.Tensor, start: int = 0, cache: Cache | None = None) -> torch.Tensor:
         """Standardised values [N, T] at absolute positions start .. start + T - 1 -> code mixtures [N, T, D]."""
@@ -282,7 +309,9 @@ class VQLNMLPModel(VQLNMLPPreTrainedModel):
         r"""
         past_values (`torch.FloatTensor` of shape `(batch_size, sequence_length, num_input_channels)`, or
             `(batch_size, sequence_length)` with one channel): the series, in the data's units.
-        past_observed_mask: 1 where observed; any 0 is refused (the model has no missing-value handling).
+        past_observed_mask (`(batch_size, sequence_length, num_input_channels)`, *optional*): 1 where observed, 0
+            where missing. A missing value is ignored by the "std" / "mean" scalers and replaced (after scaling)
+            by the last observed value before it, or by 0 (the loc) when none comes before.
         past_key_values / cache: the attention's KV cache to continue from (transformers 5.24 calls it `cache`);
             the new values sit at the positions after the cached ones.
         """
@@ -294,9 +323,10 @@ class VQLNMLPModel(VQLNMLPPreTrainedModel):
                              "continued call does not see; use generate()")
         start = cache.get_seq_length() if cache is not None else 0
         values = self.check_inputs(past_values, past_observed_mask, extra_length=start)
+        observed = None if past_observed_mask is None else self.observed_mask(values, past_observed_mask)
         if use_cache and self.attention is not None and cache is None:
             cache = DynamicCache(config=self.config)
-        scaled, loc, scale = self.scaler(values)
+        scaled, loc, scale = self.scaler(values, observed)
         batch, length, channels = scaled.shape
         hidden = self.encode(scaled.transpose(1, 2).reshape(batch * channels, length), start, cache)
         return VQLNMLPModelOutput(last_hidden_state=hidden.view(batch, channels, length, -1), loc=loc, scale=scale,
@@ -327,6 +357,7 @@ class VQLNMLPForPrediction(VQLNMLPPreTrainedModel):
         past_values: torch.Tensor,
         past_observed_mask: torch.Tensor | None = None,
         future_values: torch.Tensor | None = None,
+        future_observed_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
         use_cache: bool | None = None,
         cache: Cache | None = None,
@@ -338,13 +369,15 @@ class VQLNMLPForPrediction(VQLNMLPPreTrainedModel):
             that follow. The loss scores every next-step prediction the series past_values ++ future_values defines:
             the model reads past_values ++ future_values[:, :-1] (teacher forcing, like labels in a causal LM), so
             with F = 1 the targets are past_values[:, 1:] ++ future_values, the seed's aligned targets.
+        past_observed_mask, future_observed_mask: 1 where observed. The loss counts a prediction only where both
+            the value it reads and the value it predicts are observed, so a gap never enters it.
         """
         if future_values is not None and self.config.scaling in ("std", "mean"):
             raise ValueError(f"scaling={self.config.scaling!r} standardises with statistics of the whole window, so "
                              "next-step outputs inside it would see later values; train with scaling='stored' (the "
                              "training split's statistics) and keep 'std' / 'mean' for forecasting")
-        if past_observed_mask is not None:
-            self.model.check_inputs(past_values, past_observed_mask)  # refuses missing values with a clear error
+        past_values = self.model.check_inputs(past_values, past_observed_mask)
+        observed = self.model.observed_mask(past_values, past_observed_mask)
         inputs = past_values
         if future_values is not None:
             if past_values.dim() == 2:
@@ -355,15 +388,23 @@ class VQLNMLPForPrediction(VQLNMLPPreTrainedModel):
                     future_values.shape[2] != past_values.shape[2] or future_values.shape[1] == 0:
                 raise ValueError(f"future_values must be [batch, steps >= 1, channels] matching past_values "
                                  f"{tuple(past_values.shape)}, got {tuple(future_values.shape)}")
-            if not torch.isfinite(future_values).all():
-                raise ValueError("future_values contains NaN or infinite values")
+            future_observed = self.model.observed_mask(future_values, future_observed_mask)
+            if not torch.isfinite(future_values[future_observed]).all():
+                raise ValueError("future_values contains NaN or infinite values marked observed")
             inputs = torch.cat([past_values, future_values[:, :-1]], dim=1)
-        outputs = self.model(inputs, past_key_values=past_key_values, cache=cache, use_cache=use_cache)
+            observed = torch.cat([observed, future_observed], dim=1)
+        all_observed = bool(observed.all())
+        outputs = self.model(inputs, past_observed_mask=None if all_observed else observed[:, :inputs.shape[1]],
+                             past_key_values=past_key_values, cache=cache, use_cache=use_cache)
         predictions = self.out_proj(outputs.last_hidden_state).squeeze(-1).transpose(1, 2)  # [B, T, C] standardised
         loss = None
         if future_values is not None:
             targets = (torch.cat([past_values, future_values], dim=1)[:, 1:] - outputs.loc) / outputs.scale
-            loss = nn.functional.mse_loss(predictions, targets)
+            if all_observed:
+                loss = nn.functional.mse_loss(predictions, targets)
+            else:
+                counted = observed[:, 1:] & observed[:, :-1]
+                loss = (predictions - targets.nan_to_num()).pow(2)[counted].sum() / counted.sum().clamp_min(1)
         return VQLNMLPForPredictionOutput(loss=loss, prediction_outputs=predictions * outputs.scale + outputs.loc,
                                           loc=outputs.loc, scale=outputs.scale,
                                           cache=outputs.cache)
@@ -395,7 +436,8 @@ class VQLNMLPForPrediction(VQLNMLPPreTrainedModel):
         if rollout not in ("absolute", "sliding"):
             raise ValueError(f"rollout must be 'absolute' or 'sliding', got {rollout!r}")
         values = self.model.check_inputs(past_values, past_observed_mask)
-        scaled, loc, scale = self.model.scaler(values)
+        observed = None if past_observed_mask is None else self.model.observed_mask(values, past_observed_mask)
+        scaled, loc, scale = self.model.scaler(values, observed)
         batch, length, channels = scaled.shape
         series = scaled.transpose(1, 2).reshape(batch * channels, length)
         forecast = []

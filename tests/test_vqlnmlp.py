@@ -312,11 +312,8 @@ def test_bad_tensors_get_clear_errors():
     model = tiny_model()
     with pytest.raises(ValueError, match="NaN or infinite"):
         model(past_values=torch.tensor([[1.0, float("nan"), 2.0]]))
-    with pytest.raises(ValueError, match="marks 1 value"):
-        mask = torch.ones(2, 16, 1)
-        mask[0, 3] = 0
-        model(past_values=series(), past_observed_mask=mask)
-    model(past_values=series(), past_observed_mask=torch.ones(2, 16, 1))  # all observed: fine
+    with pytest.raises(ValueError, match="must have the shape of past_values"):
+        model(past_values=series(), past_observed_mask=torch.ones(2, 15, 1))
     with pytest.raises(ValueError, match="more than context_length=16"):
         model(past_values=series(length=17))
     with pytest.raises(ValueError, match="more than context_length=16"):
@@ -354,16 +351,58 @@ def test_bad_csv_files_get_clear_errors(tmp_path):
         load_series(write_csv(tmp_path / "a.csv", good), ["load"])
     with pytest.raises(ValueError, match="not numeric at row 4"):
         load_series(write_csv(tmp_path / "b.csv", good[:2] + ["2,abc"] + good[3:]))
-    with pytest.raises(ValueError, match="empty at row 3"):
-        load_series(write_csv(tmp_path / "c.csv", good[:1] + ["1,"] + good[2:]))
-    with pytest.raises(ValueError, match="'nan' at row 2"):
-        load_series(write_csv(tmp_path / "d.csv", ["0,nan"] + good[1:]))
+    with pytest.raises(ValueError, match="empty at row 3.*--fill"):
+        load_series(write_csv(tmp_path / "c.csv", good[:1] + ["1,"] + good[2:]), fill="none")
+    with pytest.raises(ValueError, match="'inf' at row 2"):
+        load_series(write_csv(tmp_path / "d.csv", ["0,inf"] + good[1:]))
+    with pytest.raises(ValueError, match="--fill must be one of"):
+        load_series(write_csv(tmp_path / "d.csv", good), fill="zero")
     with pytest.raises(FileNotFoundError, match="no CSV file"):
         load_series(str(tmp_path / "missing.csv"))
     values, columns = load_series(write_csv(tmp_path / "e.csv", good))
     assert values.shape == (40, 1) and columns == ["value"]
-    with pytest.raises(ValueError, match="too short"):
+    with pytest.raises(ValueError, match="too short.*--context_length 7 is the largest that fits"):
         split_series(values, context_length=16)  # a 20% tail of 40 points holds 8, not 17
+    assert len(split_series(values, context_length=7).validation) == 1
+
+
+def test_gaps_are_kept_as_missing_or_filled_only_when_asked(tmp_path):
+    rows = ["0,1", "1,", "2,NA", "3,4", "4,5"]
+    masked_values, _ = load_series(write_csv(tmp_path / "g.csv", rows))
+    assert np.isnan(masked_values[1:3, 0]).all() and masked_values[3, 0] == 4  # never silently interpolated
+    np.testing.assert_array_equal(load_series(str(tmp_path / "g.csv"), fill="ffill")[0][:, 0], [1, 1, 1, 4, 5])
+    np.testing.assert_array_equal(load_series(str(tmp_path / "g.csv"), fill="linear")[0][:, 0], [1, 2, 3, 4, 5])
+    assert timeseries.read_series(str(tmp_path / "g.csv")).missing == 2
+
+
+def test_an_unsorted_or_irregular_time_index_is_refused_naming_the_row(tmp_path):
+    with pytest.raises(ValueError, match="not increasing at row 4"):
+        load_series(write_csv(tmp_path / "u.csv", ["0,1", "1,2", "0.5,3", "3,4"]))
+    with pytest.raises(ValueError, match="irregular at row 4"):
+        load_series(write_csv(tmp_path / "i.csv", ["0,1", "1,2", "3,3", "4,4"]))
+    with pytest.raises(ValueError, match="irregular at row 4"):
+        load_series(write_csv(tmp_path / "m.csv", ["2000-01-01,1", "2000-02-01,2", "2000-04-01,3"], "date,value"))
+    monthly = write_csv(tmp_path / "ok.csv", ["2000-01-31,1", "2000-02-29,2", "2000-03-31,3"], "date,value")
+    assert timeseries.read_series(monthly).frequency == "M"
+    quarterly = write_csv(tmp_path / "q.csv", ["2000-01-01,1", "2000-04-01,2", "2000-07-01,3"], "date,value")
+    assert timeseries.read_series(quarterly).frequency == "Q"
+    hourly = write_csv(tmp_path / "h.csv", ["2000-01-01T00:00,1", "2000-01-01T01:00,2", "2000-01-01T02:00,3"],
+                       "date,value")
+    assert timeseries.read_series(hourly).frequency == "h"
+
+
+def test_training_with_a_gap_keeps_the_gap_out_of_the_loss(tmp_path):
+    values = np.sin(np.arange(120) / 4)[:, None]
+    values[30:33] = np.nan
+    split = split_series(values, 16)
+    batch = split.train.select(torch.arange(8, 20))  # windows that hold the gap
+    assert torch.isnan(batch.inputs).any()
+    model = tiny_model(scaling_loc=split.loc, scaling_scale=split.scale)
+    loss = model(**timeseries.masked(batch.inputs), future_values=batch.targets.nan_to_num(),
+                 future_observed_mask=torch.isfinite(batch.targets)).loss
+    assert torch.isfinite(loss)
+    result = timeseries.one_step_mse(timeseries.persistence_forecaster, batch, split.loc, split.scale)
+    assert math.isfinite(result["mse"]) and result["values"] < batch.inputs.numel()
 
 
 @pytest.mark.parametrize("argv", [
@@ -480,6 +519,12 @@ def test_cli_train_eval_forecast(tmp_path, capsys):
     report = json.loads((tmp_path / "eval.json").read_text())
     assert set(report["results"]) == {"model", "persistence", "mean", "linear_ar"}
     assert report["results"]["model"]["rollout_steps"] == 147
+    assert set(report["field_metrics"]) == {"model", "persistence", "seasonal_naive", "linear_ar"}
+    assert report["field_metrics"]["seasonal_naive"]["mase_ratio_to_seasonal_naive"] == 1
+    assert report["field_metrics"]["persistence"]["points_per_horizon"] == 147
+    cli.main(["eval", str(folder), "--horizon", "3", "--season", "30", "--output_json", str(tmp_path / "eval3.json")])
+    per_horizon = json.loads((tmp_path / "eval3.json").read_text())["field_metrics"]["model"]["per_horizon"]
+    assert [m["points"] for m in per_horizon] == [147, 147, 147]
     cli.main(["forecast", str(folder), "--horizon", "12", "--output", str(tmp_path / "fc")])
     rows = (tmp_path / "fc.csv").read_text().splitlines()
     assert len(rows) == 13 and rows[0].startswith("index,forecast_")
@@ -492,3 +537,54 @@ def test_cli_train_eval_forecast(tmp_path, capsys):
             cli.main(["forecast", str(folder), *bad, "--output", str(tmp_path / "bad")])
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1 and re.search(message, error[0]), error
+    sine = write_csv(tmp_path / "sine.csv", [f"{i},{math.sin(i / 5):.4f}" for i in range(200)])
+    with pytest.warns(UserWarning, match=r"far outside the training statistics: 'value' has mean .* std 0\.7"):
+        cli.main(["forecast", str(folder), "--csv_file", sine, "--horizon", "4", "--output", str(tmp_path / "s")])
+
+
+# Missing values ----------------------------------------------------------------------------------------------------
+
+
+def test_a_gap_never_enters_the_loss_or_the_prediction():
+    model = tiny_model()
+    values, future = series(), series(length=1)
+    mask = torch.ones(2, 16, 1)
+    mask[0, 5] = 0
+    holed = values.clone()
+    holed[0, 5] = float("nan")
+    loss = model(past_values=holed, past_observed_mask=mask, future_values=future).loss
+    assert torch.isfinite(loss)
+    # Whatever the missing value was, nothing changes: it is neither read nor scored.
+    other = values.clone()
+    other[0, 5] = 1e6
+    assert torch.equal(loss, model(past_values=other, past_observed_mask=mask, future_values=future).loss)
+    # The loss counts a prediction only where its input and its target are observed: by hand.
+    out = model(past_values=values, future_values=future)
+    targets = (torch.cat([values, future], 1)[:, 1:] - out.loc) / out.scale
+    standard = (out.prediction_outputs - out.loc) / out.scale
+    counted = torch.ones(2, 16, 1, dtype=torch.bool)
+    counted[0, 4] = counted[0, 5] = False  # position 4 predicts the gap, position 5 reads it
+    by_hand = (standard - targets).pow(2)[counted].mean()
+    masked = model(past_values=other, past_observed_mask=mask, future_values=future)
+    torch.testing.assert_close(masked.loss, by_hand)
+    # The missing input holds the last observed value (after scaling): its prediction equals its neighbour's.
+    assert masked.prediction_outputs[0, 5].item() == pytest.approx(masked.prediction_outputs[0, 4].item())
+    # A missing future target is excluded too.
+    future_mask = torch.zeros(2, 1, 1)
+    with_future_gap = model(past_values=values, future_values=torch.full((2, 1, 1), float("nan")),
+                            future_observed_mask=future_mask).loss
+    assert torch.isfinite(with_future_gap)
+
+
+def test_window_scalers_ignore_missing_values():
+    model = tiny_model(scaling="std")
+    values = series()
+    mask = torch.ones(2, 16, 1)
+    mask[:, 8:] = 0
+    holed = values.clone()
+    holed[:, 8:] = float("nan")
+    out = model.model(past_values=holed, past_observed_mask=mask)
+    expected = values[:, :8].mean(1, keepdim=True)
+    torch.testing.assert_close(out.loc, expected)
+    forecast = model.generate(holed, past_observed_mask=mask, prediction_length=3).sequences
+    assert torch.isfinite(forecast).all()

@@ -888,6 +888,10 @@ def quick_text_files(folder: Path) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["timeseries"]:  # forecasting on many real series: its own module and options
+        from .bench_timeseries import main as timeseries_main
+
+        return timeseries_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.section == "all":

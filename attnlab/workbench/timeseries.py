@@ -19,6 +19,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -62,9 +63,28 @@ def embedded_csv(name: str = DEFAULT_SERIES) -> Path:
     return Path(str(resources.files("attnlab.workbench").joinpath(f"corpus/{name}")))
 
 
-def load_series(csv_file: str | None = None, columns: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
-    """The columns of a CSV file with a header row as a float64 array [time, channels] (default: the embedded
-    formaldehyde series, default columns: the last one). Errors name the file, column and row."""
+MISSING_CELLS = {"", "na", "nan", "null", "none", "?"}
+FILLS = ("mask", "ffill", "linear", "none")
+
+
+@dataclass
+class Series:
+    values: np.ndarray          # [time, channels], NaN where missing (unless filled)
+    columns: list[str]
+    frequency: str | None       # "min", "h", "D", "W", "M", "Q", "Y" (with a multiple, e.g. "2min"), from the index
+    missing: int                # values missing in the file (before any --fill)
+    time_column: str | None = None
+
+
+def read_series(csv_file: str | None = None, columns: list[str] | None = None, fill: str = "mask",
+                time_column: str | None = None) -> Series:
+    """The columns of a CSV file with a header row (default: the embedded formaldehyde series, default columns:
+    the last one). An empty, NA or NaN cell is a missing value: with fill "mask" it stays NaN (the model gets
+    past_observed_mask, scores skip it), "ffill" / "linear" fill it explicitly, "none" refuses it. The time index
+    (`time_column`, default: the first column when it is not modelled) must be sorted and regular; a calendar one
+    (ISO dates) gives the frequency. Errors name the file, column and row."""
+    if fill not in FILLS:
+        raise ValueError(f"--fill must be one of {FILLS}, got {fill!r}")
     path = Path(csv_file) if csv_file else embedded_csv()
     if not path.is_file():
         raise FileNotFoundError(f"no CSV file at {path}")
@@ -75,22 +95,113 @@ def load_series(csv_file: str | None = None, columns: list[str] | None = None) -
     header = [name.strip() for name in rows[0]]
     columns = list(columns) if columns else [header[-1]]
     missing = [name for name in columns if name not in header]
-    if missing:
-        raise ValueError(f"{path} has no column {missing[0]!r}; its columns are {header}")
+    if missing or (time_column and time_column not in header):
+        raise ValueError(f"{path} has no column {(missing or [time_column])[0]!r}; its columns are {header}")
     values = np.empty((len(rows) - 1, len(columns)))
     for channel, name in enumerate(columns):
         index = header.index(name)
         for row, cells in enumerate(rows[1:], start=2):  # row numbers as a spreadsheet shows them
             cell = cells[index].strip() if index < len(cells) else ""
-            if not cell:
-                raise ValueError(f"{path}: column {name!r} is empty at row {row}; the series must be complete")
+            if cell.lower() in MISSING_CELLS:
+                if fill == "none":
+                    raise ValueError(f"{path}: column {name!r} is empty at row {row} ({cell!r}); pass --fill mask "
+                                     "(the model skips it), ffill or linear")
+                values[row - 2, channel] = np.nan
+                continue
             try:
                 values[row - 2, channel] = float(cell)
             except ValueError:
                 raise ValueError(f"{path}: column {name!r} is not numeric at row {row} ({cell!r})") from None
             if not math.isfinite(values[row - 2, channel]):
                 raise ValueError(f"{path}: column {name!r} holds {cell!r} at row {row}; the series must be finite")
-    return values, columns
+    count = int(np.isnan(values).sum())
+    if np.isnan(values).all(axis=0).any():
+        raise ValueError(f"{path}: a column has no observed value")
+    if time_column is None and header[0] not in columns:
+        time_column = header[0]
+    frequency = None
+    if time_column is not None:
+        frequency = check_time_index(path, time_column, [cells[header.index(time_column)].strip() if
+                                                          header.index(time_column) < len(cells) else ""
+                                                          for cells in rows[1:]])
+    if fill == "ffill":
+        values = fill_forward(values)
+    elif fill == "linear":
+        values = fill_linear(values)
+    return Series(values, columns, frequency, count, time_column)
+
+
+def load_series(csv_file: str | None = None, columns: list[str] | None = None,
+                fill: str = "mask") -> tuple[np.ndarray, list[str]]:
+    """read_series' values [time, channels] and column names."""
+    series = read_series(csv_file, columns, fill)
+    return series.values, series.columns
+
+
+def fill_forward(values: np.ndarray) -> np.ndarray:
+    """--fill ffill: the last observed value; before the first one, the first observed value."""
+    from .forecasting import forward_fill
+
+    filled = forward_fill(values)
+    first = np.array([column[np.isfinite(column)][0] for column in values.T])
+    return np.where(np.isnan(filled), first, filled)
+
+
+def fill_linear(values: np.ndarray) -> np.ndarray:
+    """--fill linear: straight lines between the observed neighbours (constant past either end)."""
+    filled = values.copy()
+    steps = np.arange(len(values))
+    for channel in range(values.shape[1]):
+        known = np.isfinite(values[:, channel])
+        filled[:, channel] = np.interp(steps, steps[known], values[known, channel])
+    return filled
+
+
+def check_time_index(path: Path, name: str, cells: list[str]) -> str | None:
+    """Refuse an unsorted or irregular time index naming the row; return the frequency of a calendar index
+    (None for a numeric one, whose unit is unknown). A number or an ISO date / datetime per row."""
+    try:
+        times = np.array([float(cell) for cell in cells])
+        calendar = False
+    except ValueError:
+        try:
+            times = np.array(cells, dtype="datetime64[s]")
+            calendar = True
+        except ValueError:
+            return None  # not a time index (a label column): nothing to check
+    steps = np.diff(times.astype(np.float64) if not calendar else times.astype("int64"))
+    if not len(steps):
+        return None
+    for index, step in enumerate(steps):
+        if step <= 0:
+            raise ValueError(f"{path}: the time index {name!r} is not increasing at row {index + 3} "
+                             f"({cells[index + 1]!r} after {cells[index]!r}); sort the file")
+    if not calendar or (np.all(steps == steps[0]) and steps[0] < 28 * 86400):  # months differ in length
+        irregular = np.flatnonzero(np.abs(steps - steps[0]) > 1e-6 * abs(steps[0]))
+        if len(irregular):
+            row = irregular[0]
+            raise ValueError(f"{path}: the time index {name!r} is irregular at row {row + 3} (a step of "
+                             f"{steps[row]:g} after steps of {steps[0]:g}); insert empty rows for missing times")
+        if not calendar:
+            return None
+        seconds = int(steps[0])
+        for unit, size in (("W", 7 * 86400), ("D", 86400), ("h", 3600), ("min", 60)):
+            if seconds % size == 0:
+                multiple = seconds // size
+                return unit if multiple == 1 else (f"{multiple}{unit}" if unit in ("h", "min") else None)
+        return None
+    # Calendar months: the same day of the month and a constant number of months between rows.
+    months = times.astype("datetime64[M]")
+    days = (times.astype("datetime64[D]") - months.astype("datetime64[D]")).astype(int)
+    month_ends = ((months + 1).astype("datetime64[D]") - times.astype("datetime64[D]")).astype(int) == 1
+    if month_ends.all():  # month-end dates (31 Jan, 28 Feb, ...) are regular too
+        days = np.zeros_like(days)
+    month_steps = np.diff(months.astype(int))
+    for index in range(len(month_steps)):
+        if month_steps[index] != month_steps[0] or days[index + 1] != days[0]:
+            raise ValueError(f"{path}: the time index {name!r} is irregular at row {index + 3} ({cells[index + 1]!r} "
+                             f"after {cells[index]!r}); insert empty rows for missing times")
+    return {1: "M", 3: "Q", 12: "Y"}.get(int(month_steps[0]))
 
 
 @dataclass
@@ -120,7 +231,7 @@ def make_windows(series: np.ndarray, length: int, offset: int = 0) -> Windows:
     in the full series (for `starts`)."""
     if len(series) < length + 1:
         raise ValueError(f"a series of {len(series)} points is shorter than one window of {length} values plus "
-                         "its next value")
+                         f"its next value; the largest window that fits is {len(series) - 1}")
     count = len(series) - length
     index = np.arange(length)[None, :] + np.arange(count)[:, None]
     values = torch.tensor(series, dtype=torch.float32)
@@ -145,18 +256,21 @@ def split_series(series: np.ndarray, context_length: int, mode: str = "tail", va
         tail = round(validation_fraction * len(series))
         start = len(series) - tail
         if min(start, tail) < context_length + 1:
+            fits = min(start, tail) - 1
+            advice = f"--context_length {fits} is the largest that fits" if fits >= 1 else "use a longer series"
             raise ValueError(f"a series of {len(series)} points is too short for a {validation_fraction:g} tail split "
                              f"with context_length {context_length}: each part needs at least {context_length + 1} "
-                             f"points (the training part has {start}, the tail {tail})")
+                             f"points (the training part has {start}, the tail {tail}); {advice}")
         head = series[:start]
         return SeriesSplit(make_windows(head, context_length), make_windows(series[start:], context_length, start),
-                           loc=head.mean(0).tolist(), scale=head.std(0).tolist(), mode=mode, tail_start=start)
+                           loc=np.nanmean(head, 0).tolist(), scale=np.nanstd(head, 0).tolist(), mode=mode,
+                           tail_start=start)
     if mode == "random":
         windows = make_windows(series, context_length)
         train_size = int((1 - validation_fraction) * len(windows))
         order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))
-        return SeriesSplit(windows.select(order[:train_size]), windows.select(order[train_size:]), loc=series.mean(0).tolist(),
-                           scale=series.std(0).tolist(), mode=mode)
+        return SeriesSplit(windows.select(order[:train_size]), windows.select(order[train_size:]),
+                           loc=np.nanmean(series, 0).tolist(), scale=np.nanstd(series, 0).tolist(), mode=mode)
     raise ValueError(f"split must be 'tail' (held-out end of the series) or 'random' (the seed's leaky split), "
                      f"got {mode!r}")
 
@@ -174,8 +288,14 @@ def window_overlap(split: SeriesSplit) -> int:
 def model_forecaster(model: VQLNMLPForPrediction) -> Forecaster:
     def forecast(values):
         with torch.no_grad():
-            return model(past_values=values).prediction_outputs
+            return model(**masked(values)).prediction_outputs
     return forecast
+
+
+def masked(values: torch.Tensor) -> dict:
+    """past_values with NaN (missing) as past_observed_mask; the missing values themselves are never read."""
+    observed = torch.isfinite(values)
+    return dict(past_values=values.nan_to_num(), past_observed_mask=observed)
 
 
 def persistence_forecaster(values: torch.Tensor) -> torch.Tensor:
@@ -209,6 +329,23 @@ def fit_linear_ar(train: Windows, loc: list[float], scale: list[float], order: i
         standard = lagged((values - loc_t) / scale_t, order).double()
         return ((standard @ coefficients[:-1] + coefficients[-1]).float() * scale_t + loc_t)
     return forecast
+
+
+class VQLNMLPTailForecaster:
+    """A vqlnmlp model for forecasting.evaluate: contexts [N, L, C] with NaN gaps -> [N, H, C] through generate()
+    (rolled out: the model predicts one step ahead), reading the last context_length values."""
+
+    name = "vqlnmlp"
+
+    def __init__(self, model: VQLNMLPForPrediction, rollout: str = "sliding", batch_size: int = 512):
+        self.model, self.rollout, self.batch_size = model, rollout, batch_size
+
+    def predict(self, contexts: np.ndarray, horizon: int) -> np.ndarray:
+        values = torch.tensor(contexts[:, -self.model.config.context_length:], dtype=torch.float32)
+        out = [self.model.generate(**masked(values[start:start + self.batch_size]), prediction_length=horizon,
+                                   rollout=self.rollout).sequences[:, 0]
+               for start in range(0, len(values), self.batch_size)]
+        return torch.cat(out).double().numpy()
 
 
 class LSTMForecaster(nn.Module):
@@ -262,9 +399,13 @@ def one_step_mse(forecaster: Forecaster, windows: Windows, loc: list[float], sca
     for start in range(0, len(windows), batch_size):
         inputs, after = windows.inputs[start:start + batch_size], windows.targets[start:start + batch_size]
         error = (forecaster(inputs).double() - torch.cat([inputs[:, 1:], after], dim=1).double())
+        error = error[torch.isfinite(inputs).all(-1)]  # [points, C]: a prediction read from a gap is not scored
+        error = error[torch.isfinite(error).all(-1)]  # nor one of a gap
         squared += error.pow(2).sum().item()
         squared_standard += (error / scale_t).pow(2).sum().item()
         count += error.numel()
+    if count == 0:
+        raise ValueError("no observed next-step pair to score (every window holds a gap)")
     return dict(mse_standardised=squared_standard / count, mse=squared / count, values=count)
 
 
@@ -306,6 +447,8 @@ class TimeSeriesTrainArgs:
         "help": "CSV file with a header row (default: the embedded formaldehyde series of seed 004)"})
     column: list[str] | None = field(default=None, metadata={
         "help": "column(s) to model, one channel each (default: the last column)"})
+    fill: str = field(default="mask", metadata={
+        "help": "missing values: 'mask' (past_observed_mask; never in the loss), 'ffill', 'linear', or 'none' (refuse)"})
     split: str = field(default="tail", metadata={
         "help": "'tail': hold out the end of the series (honest); 'random': the seed's random split of overlapping "
                 "windows with whole-series statistics (leaks; for comparison only)"})
@@ -333,7 +476,7 @@ class TimeSeriesTrainArgs:
     num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process (1 suits tiny models)"})
 
 
-RESUME_KEYS = ("model", "csv_file", "column", "split", "validation_fraction", "context_length", "prediction_length",
+RESUME_KEYS = ("model", "csv_file", "column", "fill", "split", "validation_fraction", "context_length", "prediction_length",
                "d_model", "codebook_size", "num_heads", "position_code", "trainable_codebook", "use_attention",
                "config_overrides", "batch_size", "num_epochs", "learning_rate", "max_grad_norm", "seed")
 
@@ -377,7 +520,7 @@ def train_timeseries(args: TimeSeriesTrainArgs, progress: bool = True,
     if not args.resume and last_checkpoint(output_dir) is not None:
         raise ValueError(f"{output_dir} already holds a checkpoint; pass --resume to continue it or choose another "
                          "--output_dir")
-    series, columns = load_series(args.csv_file, args.column)
+    series, columns = load_series(args.csv_file, args.column, args.fill)
     split = split_series(series, args.context_length, args.split, args.validation_fraction)
     accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
                                                                         data_seed=args.seed))
@@ -413,7 +556,8 @@ def train_timeseries(args: TimeSeriesTrainArgs, progress: bool = True,
     batches = endless_batches(accelerator, loader, state["batches"]) if state["step"] < max_steps else iter(())
     model.train()
     for inputs, targets in batches:
-        loss = model(past_values=inputs, future_values=targets).loss
+        loss = model(**masked(inputs), future_values=targets.nan_to_num(),
+                     future_observed_mask=torch.isfinite(targets)).loss
         accelerator.backward(loss)
         if args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -505,6 +649,24 @@ def load_forecaster_folder(folder: str | Path) -> VQLNMLPForPrediction:
     return TIME_SERIES_MEMBERS[model_type].prediction_class.from_pretrained(folder).eval()
 
 
+def scale_warning(series: np.ndarray, config: VQLNMLPConfig, columns: list[str]) -> str | None:
+    """A warning naming the numbers when the data lies far outside the training statistics stored in the config
+    (a mean more than 10 training stds away, or a std 10 times smaller or larger): the model has never seen such
+    values, and its forecasts mean little."""
+    if config.scaling != "stored":
+        return None
+    problems = []
+    for channel, name in enumerate(columns):
+        mean, std = np.nanmean(series[:, channel]), np.nanstd(series[:, channel])
+        loc, scale = config.scaling_loc[channel], config.scaling_scale[channel]
+        if abs(mean - loc) > 10 * scale or not 0.1 <= std / scale <= 10:
+            problems.append(f"{name!r} has mean {mean:.4g} and std {std:.4g}; the model was trained on mean {loc:.4g} "
+                            f"and std {scale:.4g}")
+    if not problems:
+        return None
+    return "the data is far outside the training statistics: " + "; ".join(problems) + " (forecasts will be poor)"
+
+
 def training_args_of(folder: str | Path) -> dict:
     """The data options the folder was trained with (defaults for eval and forecast), if it has metrics.json."""
     metrics = Path(folder) / METRICS_FILE
@@ -512,18 +674,28 @@ def training_args_of(folder: str | Path) -> dict:
 
 
 def evaluate_folder(folder: str, csv_file: str | None = None, column: list[str] | None = None,
-                    split: str | None = None, validation_fraction: float | None = None) -> dict:
-    """Validation one-step MSE and the rollout over the held-out tail, for the model and the cheap baselines."""
+                    split: str | None = None, validation_fraction: float | None = None, horizon: int = 1,
+                    season: int | None = None) -> dict:
+    """Validation one-step MSE and the rollout over the held-out tail, for the model and the cheap baselines;
+    with the tail split also the field's metrics (forecasting.evaluate: MASE, sMAPE, MAE, MSE per horizon 1..H)
+    for the model, persistence, seasonal naive and the AIC-order autoregression."""
+    from . import forecasting
+
     model = load_forecaster_folder(folder)
     trained = training_args_of(folder)
     csv_file = csv_file if csv_file is not None else trained.get("csv_file")
     column = column if column is not None else trained.get("column")
     split_mode = split or trained.get("split", "tail")
     fraction = validation_fraction or trained.get("validation_fraction", 0.2)
-    series, columns = load_series(csv_file, column)
+    loaded = read_series(csv_file, column)
+    series, columns = loaded.values, loaded.columns
+    season = season or (forecasting.season_of(loaded.frequency) if loaded.frequency else 1)
     if series.shape[1] != model.config.num_input_channels:
         raise ValueError(f"{folder} models {model.config.num_input_channels} channel(s); {len(columns)} column(s) "
                          "were given")
+    warning = scale_warning(series, model.config, columns)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     data = split_series(series, model.config.context_length, split_mode, fraction)
     # The model's own (stored) standardisation scores everyone, so the numbers compare with training's.
     loc, scale = model.config.scaling_loc, model.config.scaling_scale
@@ -536,8 +708,21 @@ def evaluate_folder(folder: str, csv_file: str | None = None, column: list[str] 
             rollout = rollout_mse(forecaster, series, data.tail_start, model.config.context_length)
             results[name]["rollout_mse"] = rollout["rollout_mse"]
             results[name]["rollout_steps"] = rollout["steps"]
+    field_metrics = {}
+    if data.tail_start is not None:
+        train = series[:data.tail_start]
+        tail_forecasters = {"model": VQLNMLPTailForecaster(model), "persistence": forecasting.Persistence(),
+                            "seasonal_naive": forecasting.SeasonalNaive(season),
+                            "linear_ar": forecasting.LinearAR().fit(train)}
+        context = min(model.config.context_length, data.tail_start - horizon + 1)
+        context = max(context, min(season, data.tail_start - horizon + 1))
+        for name, forecaster in tail_forecasters.items():
+            field_metrics[name] = forecasting.evaluate(forecaster, series, data.tail_start, horizon, season, context)
+        reference = field_metrics["seasonal_naive"]["mase"]
+        for metrics in field_metrics.values():
+            metrics["mase_ratio_to_seasonal_naive"] = metrics["mase"] / reference
     return dict(folder=str(folder), columns=columns, split=split_mode, validation_windows=len(data.validation),
-                results=results)
+                results=results, warning=warning, horizon=horizon, season=season, field_metrics=field_metrics)
 
 
 def forecast_to_files(folder: str, output: str, csv_file: str | None = None, column: list[str] | None = None,
@@ -548,6 +733,9 @@ def forecast_to_files(folder: str, output: str, csv_file: str | None = None, col
     trained = training_args_of(folder)
     series, columns = load_series(csv_file if csv_file is not None else trained.get("csv_file"),
                                   column if column is not None else trained.get("column"))
+    warning = scale_warning(series, model.config, columns)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
     context_length = model.config.context_length
     horizon = model.config.prediction_length if horizon is None else horizon
     if horizon <= 0:
@@ -562,7 +750,8 @@ def forecast_to_files(folder: str, output: str, csv_file: str | None = None, col
         raise ValueError(f"--start {start} must leave context_length={context_length} values before it and lie "
                          f"within the series ({len(series)} points)")
     context = torch.tensor(series[start - context_length:start], dtype=torch.float32).unsqueeze(0)
-    forecast = model.generate(context, prediction_length=horizon, rollout=rollout).sequences[0, 0].double().numpy()
+    forecast = model.generate(**masked(context), prediction_length=horizon,
+                              rollout=rollout).sequences[0, 0].double().numpy()
     truth = series[start:start + horizon]
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -574,9 +763,9 @@ def forecast_to_files(folder: str, output: str, csv_file: str | None = None, col
             writer.writerow([start + step, *forecast[step].tolist(), *(truth[step].tolist() if known else [""] * len(columns))])
     plot_forecast(output.with_suffix(".png"), series, start, forecast, columns, context_length)
     result = dict(csv=str(output.with_suffix(".csv")), png=str(output.with_suffix(".png")), start=start,
-                  horizon=horizon, truth_steps=len(truth))
+                  horizon=horizon, truth_steps=len(truth), warning=warning)
     if len(truth):
-        result["mse"] = float(np.mean((forecast[:len(truth)] - truth) ** 2))
+        result["mse"] = float(np.nanmean((forecast[:len(truth)] - truth) ** 2))
     return result
 
 
@@ -639,13 +828,23 @@ def train_command(args):
 
 def eval_command(args):
     transformers_logging.disable_progress_bar()  # the loading bar would bury the results
-    report = evaluate_folder(args.folder, args.csv_file, args.column, args.split, args.validation_fraction)
+    report = evaluate_folder(args.folder, args.csv_file, args.column, args.split, args.validation_fraction,
+                             args.horizon, args.season)
     print(f"{report['split']} split, {report['validation_windows']} validation windows ({', '.join(report['columns'])})")
     for name, result in report["results"].items():
         rollout = (f" | rollout MSE over the tail ({result['rollout_steps']} steps) {result['rollout_mse']:.1f}"
                    if "rollout_mse" in result else "")
         print(f"{name:>12}: next-step MSE {result['mse_standardised']:.5f} standardised, {result['mse']:.1f} in "
               f"data units{rollout}")
+    if report["field_metrics"]:
+        print(f"held-out tail, horizons 1..{report['horizon']}, season {report['season']} (each tail point once per "
+              "horizon):")
+        for name, metrics in report["field_metrics"].items():
+            print(f"{name:>14}: MASE {metrics['mase']:.3f} ({metrics['mase_ratio_to_seasonal_naive']:.3f} x seasonal "
+                  f"naive) | sMAPE {metrics['smape']:.2f} | MAE {metrics['mae']:.4g} | MSE {metrics['mse']:.4g}")
+        missing = next(iter(report["field_metrics"].values()))["missing_tail_points"]
+        if missing:
+            print(f"{missing} missing value(s) in the tail are excluded from the scores")
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(report, indent=1))
 
@@ -690,6 +889,9 @@ def build_parser(prog: str = "attnlab") -> HfArgumentParser:
     evaluate.add_argument("--split", choices=["tail", "random"], default=None, help="default: the training split")
     evaluate.add_argument("--validation_fraction", type=float, default=None, help="default: the training one")
     evaluate.add_argument("--output_json", default=None, help="also write the results to this JSON file")
+    evaluate.add_argument("--horizon", type=int, default=1, help="score horizons 1..H on the held-out tail")
+    evaluate.add_argument("--season", type=int, default=None,
+                          help="seasonal period for seasonal naive and MASE (default: from the time index, else 1)")
     evaluate.set_defaults(func=eval_command)
     add_forecast_command(commands)
     return parser
