@@ -26,6 +26,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_depth_recurrent import DepthRecurrentConfig
 from .modeling_common import (
@@ -36,6 +37,7 @@ from .modeling_common import (
     causal_attention,
     either_cache_name,
     merge_heads,
+    output_hidden_states_of,
     prepare_stack_inputs,
     read_recurrent_states,
     register_for_auto_classes,
@@ -247,6 +249,7 @@ class DepthRecurrentModel(DepthRecurrentPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    @can_return_tuple  # return_dict=False, as an argument or in the config
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -260,8 +263,9 @@ class DepthRecurrentModel(DepthRecurrentPreTrainedModel):
         **kwargs,
     ) -> DepthRecurrentModelOutput:
         inputs_embeds, past_key_values, past_length, token_mask, position_ids = prepare_stack_inputs(
-            self, input_ids, inputs_embeds, attention_mask, position_ids, either_cache_name(cache, past_key_values),
-            use_cache, kwargs)
+            self, input_ids, inputs_embeds, attention_mask, position_ids,
+            either_cache_name(cache, past_key_values, self), use_cache, kwargs)
+        output_hidden_states = output_hidden_states_of(self.config, output_hidden_states)
 
         config, blocks = self.config, self.config.num_unique_layers
         position_embeddings = self.rotary_emb(position_ids)
