@@ -364,3 +364,32 @@ def test_demo_helpers():
     threads, seconds = cli.measure_threads(tiny)
     assert threads in (1, 2) and 0 < seconds < 60
     assert len(shakespeare_text()) > 0 and cli.DEMO_SAMPLE_TOKENS + len("ROMEO:\n") <= cli.DEMO_ARGS["block_size"]
+
+
+# --- no silent wrong answers -----------------------------------------------------------------------------------
+
+
+def test_weights_corrupted_in_place_are_named(trained, tmp_path, capsys):
+    folder = tmp_path / "copy"
+    shutil.copytree(trained, folder)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4096:] = b"\xff" * 4096  # same size, header intact: the last tensor's values become NaN
+    weights.write_bytes(bytes(data))
+    for command in ("eval", "generate"):
+        error = one_line_error([command, str(folder)], capsys)
+        assert f"{weights}: the weight " in error and "non-finite value(s)" in error
+
+
+def test_a_non_finite_loss_in_eval_is_an_error_naming_the_folder(trained, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "copy"
+    shutil.copytree(trained, folder)
+    weights = load_file(folder / "model.safetensors")
+    # Finite weights whose logits overflow: the final norm's gain at 3e38 makes them +-inf, the loss NaN.
+    weights["model.norm.weight"] = torch.full_like(weights["model.norm.weight"], 3e38)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    for extra in ([], ["--window", "16"]):
+        error = one_line_error(["eval", str(folder), "--max_blocks", "2", "--max_tokens", "64", *extra], capsys)
+        assert error.startswith(f"attnlab eval: error: evaluating {folder}: the loss is not finite"), error

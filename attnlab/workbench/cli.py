@@ -35,7 +35,8 @@ from transformers import AutoModelForCausalLM, HfArgumentParser
 from . import audit
 from . import bench as benchmark_suite
 from .data import load_text_splits, pack_blocks, token_stream
-from .evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
+from .evaluation import (EvalResult, NonFiniteLossError, evaluate_blocks, evaluate_sliding_window,
+                         load_model_and_tokenizer)
 from . import timeseries
 from .hub import CHECKPOINT_PREFIX, publish
 from ..tokenization_attnlab import byte_tokenizer, token_byte_lengths, train_bpe_tokenizer
@@ -58,13 +59,16 @@ def eval_command(args):
                               dataset_config=args.dataset_config, text_column=args.text_column)
     text = splits[args.split]
     byte_lengths = token_byte_lengths(tokenizer)
-    if args.window is not None:
-        tokens = token_stream(text, tokenizer)[: args.max_tokens]
-        result = evaluate_sliding_window(model, tokens, byte_lengths, args.window, args.stride or args.window // 2,
-                                         batch_size=args.batch_size)
-    else:
-        blocks = pack_blocks(text, tokenizer, args.block_size, text_column=args.text_column, split=args.split)
-        result = evaluate_blocks(model, blocks, byte_lengths, args.batch_size, max_blocks=args.max_blocks)
+    try:
+        if args.window is not None:
+            tokens = token_stream(text, tokenizer)[: args.max_tokens]
+            result = evaluate_sliding_window(model, tokens, byte_lengths, args.window,
+                                             args.stride or args.window // 2, batch_size=args.batch_size)
+        else:
+            blocks = pack_blocks(text, tokenizer, args.block_size, text_column=args.text_column, split=args.split)
+            result = evaluate_blocks(model, blocks, byte_lengths, args.batch_size, max_blocks=args.max_blocks)
+    except NonFiniteLossError as error:
+        raise ValueError(f"evaluating {args.folder}: {error}") from None
     print(result)
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(result.to_dict(), indent=1))

@@ -29,7 +29,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoModelForCausalLM, PreTrainedConfig, default_data_collator, get_cosine_schedule_with_warmup
 
 from .data import load_text_splits, pack_blocks
-from .evaluation import EvalResult, evaluate_blocks
+from .evaluation import EvalResult, NonFiniteLossError, evaluate_blocks
 from .hub import CHECKPOINT_PREFIX, check_folder, model_card
 from .muon import MuonWithAdamW, seed_momentum_warmup_steps, seed_warmdown_steps, warmup_then_warmdown
 from ..members import BASELINES, HYBRIDS, MEMBERS, get_member
@@ -107,12 +107,15 @@ class TrainArgs:
     num_threads: int | None = field(default=None, metadata={
         "help": "CPU threads per process (default: torch's choice, one per core); 1 is much faster for small "
                 "models when other jobs share the cores"})
+    skip_nonfinite: bool = field(default=False, metadata={
+        "help": "skip an optimizer step whose training loss is NaN or infinite (the weights stay unchanged, the step "
+                "is counted in metrics.json's skipped_steps) instead of stopping the run with an error"})
 
 
 # A checkpoint can only be continued by a run that agrees on every option but these (limits, logging, paths), so an
 # option added later is part of the check unless it is listed here.
 RESUME_FREE_KEYS = ("eval_every", "eval_blocks", "final_eval_blocks", "save_every", "time_limit", "output_dir",
-                    "resume", "overwrite_output_dir", "num_threads", "compile", "compile_backend")
+                    "resume", "overwrite_output_dir", "num_threads", "compile", "compile_backend", "skip_nonfinite")
 RESUME_KEYS = tuple(name for name in TrainArgs.__dataclass_fields__ if name not in RESUME_FREE_KEYS)
 _DEFAULTS = asdict(TrainArgs())
 
@@ -493,8 +496,11 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
         accelerator.print(f"resumed from step {state['step']} of {args.max_steps}")
 
     def evaluate(max_blocks):
-        return evaluate_blocks(accelerator.unwrap_model(model), validation_blocks, byte_lengths, args.batch_size,
-                               max_blocks=max_blocks, accelerator=accelerator)
+        try:
+            return evaluate_blocks(accelerator.unwrap_model(model), validation_blocks, byte_lengths, args.batch_size,
+                                   max_blocks=max_blocks, accelerator=accelerator)
+        except NonFiniteLossError as error:
+            raise ValueError(f"step {state['step']}: the held-out evaluation failed: {error}") from None
 
     progress = tqdm(total=args.max_steps, initial=state["step"], desc="training", unit="step",
                     disable=not accelerator.is_local_main_process)
@@ -507,17 +513,30 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
             # The model shifts the labels itself, as in its own loss_function.
             loss = forward(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False).loss
             accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()  # the prepared optimizer and scheduler only step when gradients sync
-            scheduler.step()
+            step_losses.append(loss.detach())
+            if accelerator.sync_gradients:
+                # Every process sees the same mean, so all of them step, skip or stop together.
+                step_loss = accelerator.reduce(torch.stack(step_losses).mean(), reduction="mean").item()
+                step_losses = []
+                if not math.isfinite(step_loss) and not args.skip_nonfinite:
+                    raise ValueError(
+                        f"step {state['step'] + 1}: the training loss is {step_loss} (not finite); "
+                        + (f"{last_checkpoint(output_dir).name} is kept for --resume; "
+                           if last_checkpoint(output_dir) else "") +
+                        "lower --learning_rate or --max_grad_norm, or pass --skip_nonfinite to skip such steps")
+                if math.isfinite(step_loss):
+                    if args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()  # the prepared optimizer and scheduler only step when gradients sync
+                else:
+                    state["skipped_steps"] = state.get("skipped_steps", 0) + 1
+                    tqdm.write(f"step {state['step'] + 1}: training loss {step_loss}, optimizer step skipped "
+                               "(--skip_nonfinite)")
+            scheduler.step()  # the schedule moves on over a skipped step, so the run still ends at max_steps
             optimizer.zero_grad()
         state["batches"] += 1
-        step_losses.append(loss.detach())
         if not accelerator.sync_gradients:
             continue
-        step_loss = accelerator.reduce(torch.stack(step_losses).mean(), reduction="mean").item()
-        step_losses = []
         state["step"] += 1
         state["tokens"] += tokens_per_step
         state["train_seconds"] = seconds_before + time.perf_counter() - start
@@ -549,7 +568,8 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     metrics = dict(model=args.model, preset=args.preset, parameters=num_parameters, steps=state["step"],
                    tokens=state["tokens"], train_seconds=round(state["train_seconds"], 1),
                    final_eval=final.to_dict(), eval=state["eval"], train_loss=state["train_loss"], args=asdict(args),
-                   num_processes=accelerator.num_processes, **step_timing(step_seconds, args.compile))
+                   num_processes=accelerator.num_processes, skipped_steps=state.get("skipped_steps", 0),
+                   **step_timing(step_seconds, args.compile))
     if args.compile and metrics["compile_seconds"] is not None:
         accelerator.print(f"torch.compile ({args.compile_backend}): {metrics['compile_seconds']:.1f} s of compilation, "
                           f"then {metrics['step_seconds'] * 1e3:.1f} ms per step")
