@@ -74,3 +74,15 @@ def test_a_non_finite_held_out_loss_in_training_names_the_step(args, monkeypatch
     poison(monkeypatch, in_eval=True)
     with pytest.raises(ValueError, match=r"^step 2: the held-out evaluation failed: the loss is not finite"):
         train(replace(args, eval_every=2))
+
+
+def test_checkpoints_do_not_warn_about_the_declared_tie(args, caplog, capfd):
+    with caplog.at_level("WARNING"):
+        train(replace(args, save_every=1))
+    assert "Removed shared tensor" not in caplog.text + capfd.readouterr().err
+    # An alias the model does not declare still warns.
+    quiet = training._DeclaredTiesFilter({"lm_head.weight", "model.embed_tokens.weight"})
+    record = lambda names: __import__("logging").LogRecord("accelerate.utils.other", 30, "", 0,
+                                                           f"Removed shared tensor {names} while saving.", None, None)
+    assert not quiet.filter(record({"lm_head.weight"}))
+    assert quiet.filter(record({"model.layers.0.mlp.up_proj.weight"}))

@@ -30,6 +30,7 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
+from accelerate import PartialState
 from transformers import AutoModelForCausalLM, HfArgumentParser
 
 from . import audit
@@ -48,8 +49,9 @@ logger = logging.getLogger(__name__)
 def train_command(args):
     train_args = TrainArgs(**{name: getattr(args, name) for name in TrainArgs.__dataclass_fields__})
     metrics = train(train_args)
-    print(f"saved the model, its tokenizer and metrics.json to {Path(train_args.output_dir).resolve()}")
-    print(f"held-out: {EvalResult(**metrics['final_eval'])}")
+    if PartialState().is_main_process:  # under accelerate launch every process returns the same metrics
+        print(f"saved the model, its tokenizer and metrics.json to {Path(train_args.output_dir).resolve()}")
+        print(f"held-out: {EvalResult(**metrics['final_eval'])}")
 
 
 def eval_command(args):

@@ -7,11 +7,14 @@ from exactly (model, optimizer, scheduler, RNG, data order and position, loss hi
 Hub-ready folder (weights, modeling code, tokenizer, generation config, model card) and a metrics JSON.
 """
 
+import ast
+import contextlib
 import functools
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import statistics
 import time
@@ -375,13 +378,46 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
     return max(folders, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict):
+class _DeclaredTiesFilter(logging.Filter):
+    """Drops accelerate's "Removed shared tensor {...}" warning when every removed name is a tie the model declares
+    (the tied LM head): the checkpoint reloads it from the embedding. An undeclared alias still warns."""
+
+    def __init__(self, tied_names: set[str]):
+        super().__init__()
+        self.tied_names = tied_names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = re.search(r"Removed shared tensor (\{.*?\}) while saving", record.getMessage())  # after "[RANK n] "
+        if found is None:
+            return True
+        try:
+            removed = ast.literal_eval(found.group(1))
+        except (ValueError, SyntaxError):
+            return True
+        return not all(any(name == tied or name.endswith(f".{tied}") for tied in self.tied_names) for name in removed)
+
+
+@contextlib.contextmanager
+def declared_ties_unreported(model):
+    tied = getattr(model, "_tied_weights_keys", None) or {}  # None: no model, every such warning stays
+    tied_names = set(tied) | set(tied.values()) if isinstance(tied, dict) else set(tied)
+    accelerate_logger = logging.getLogger("accelerate.utils.other")
+    quiet = _DeclaredTiesFilter(tied_names)
+    accelerate_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        accelerate_logger.removeFilter(quiet)
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, model=None):
     final = output_dir / f"{CHECKPOINT_PREFIX}{state['step']}"
     temporary = output_dir / f"{final.name}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))  # every process writes its own RNG state
+    with declared_ties_unreported(accelerator.unwrap_model(model) if model is not None else None):
+        accelerator.save_state(str(temporary))  # every process writes its own RNG state
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (temporary / TRAINER_STATE).write_text(json.dumps(state, indent=1))
@@ -553,7 +589,7 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
                 tqdm.write(f"step {state['step']}: held-out {result}")
         out_of_time = args.time_limit is not None and out_of_time_everywhere(accelerator, start, args.time_limit)
         if out_of_time or (args.save_every and state["step"] % args.save_every == 0 and not done):
-            save_checkpoint(accelerator, output_dir, state)
+            save_checkpoint(accelerator, output_dir, state, model)
         if on_step is not None:
             on_step(state["step"], step_loss)
         if done or out_of_time:
