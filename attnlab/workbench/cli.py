@@ -54,7 +54,15 @@ def train_command(args):
         print(f"held-out: {EvalResult(**metrics['final_eval'])}")
 
 
+def set_threads(args):
+    if args.num_threads is not None:
+        if args.num_threads < 1:
+            raise ValueError(f"--num_threads must be >= 1, got {args.num_threads}")
+        torch.set_num_threads(args.num_threads)
+
+
 def eval_command(args):
+    set_threads(args)
     model, tokenizer = load_model_and_tokenizer(args.folder, args.tokenizer, args.trust_remote_code)
     # Given --files, score those files; otherwise the held-out split of the default text (Shakespeare's plays).
     splits = load_text_splits(train_files=args.files, validation_files=args.files, dataset_name=args.dataset_name,
@@ -100,6 +108,7 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 200, seed
 
 
 def generate_command(args):
+    set_threads(args)
     model, tokenizer = load_model_and_tokenizer(args.folder, args.tokenizer, args.trust_remote_code)
     sampling = {} if args.greedy else dict(do_sample=True, temperature=args.temperature, top_k=args.top_k,
                                            top_p=args.top_p)
@@ -235,6 +244,9 @@ def _add_model_arguments(parser):
     parser.add_argument("--trust_remote_code", action="store_true",
                         help="run the modeling code a folder of another library's model ships (attnlab's own members "
                              "need no remote code)")
+    parser.add_argument("--num_threads", type=int, default=None,
+                        help="CPU threads (default: torch's choice, one per core); 1 is much faster for small models "
+                             "when other jobs share the cores")
 
 
 def build_parser() -> HfArgumentParser:
