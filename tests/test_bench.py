@@ -129,3 +129,15 @@ def test_cpu_peak_memory_is_that_of_the_measured_work_not_of_earlier_peaks():
         measured = torch.ones(50 * 2**20)  # 200 MiB
         del measured
     assert 150 < memory.peak_mb < 300
+
+
+def test_mqar_and_copy_show_progress_while_training(tmp_path, capsys):
+    bench.main(["mqar", "--models", "llama", "--widths", "32", "--slices", "32x2", "--lrs", "1e-3", "--vocab-size",
+                "64", "--train-examples", "64", "--test-examples", "16", "--epochs", "2", "--batch-size", "16",
+                "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "mqar d=32 L=32 kv=2 llama lr 0.001" in err and "/8 " in err, err  # 2 epochs of 64 / 16 = 8 steps
+    bench.main(["copy", "--models", "llama", "--forms", "fixed", "--width", "32", "--seq-len", "16", "--steps", "3",
+                "--lrs", "1e-3", "--test-examples", "8", "--batch-size", "4", "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "copy fixed llama lr 0.001" in err and "/3 " in err, err
