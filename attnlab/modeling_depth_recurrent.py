@@ -364,11 +364,16 @@ class DepthRecurrentForCausalLM(DepthRecurrentPreTrainedModel, AttnlabForCausalL
     techniques' regularisers and the entropy bonus; in eval mode it is the cross-entropy alone."""
 
     base_model_class = DepthRecurrentModel
+    # Training state, not weights: a training checkpoint restores these buffers (attnlab's loop registers them with
+    # accelerate's checkpointing). Kept out of the state dict, which FSDP2 loads as if every entry were a sharded
+    # parameter; folders saved when it was a weight still load.
+    checkpointed_buffers = ("training_step",)
+    _keys_to_ignore_on_load_unexpected = [r"^training_step$"]
 
     def __init__(self, config: DepthRecurrentConfig):
         super().__init__(config)
-        # Training forwards with labels so far: the entropy bonus decays with it. Saved, so a resumed run continues it.
-        self.register_buffer("training_step", torch.zeros((), dtype=torch.long))
+        # Training forwards with labels so far: the entropy bonus decays with it.
+        self.register_buffer("training_step", torch.zeros((), dtype=torch.long), persistent=False)
         self.post_init()
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:

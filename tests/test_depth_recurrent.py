@@ -362,3 +362,26 @@ def test_entropy_bonus_scores_the_positions_whose_next_label_counts():
     scored = [(0, t) for t in range(7) if t + 1 not in (3, 4, 5)] + [(1, t) for t in range(6)]
     expected = -0.5 * torch.stack([entropy[b, t] for b, t in scored]).mean()
     torch.testing.assert_close(model.training_regularisers(logits, labels, None), expected)
+
+
+def test_a_resumed_run_continues_the_entropy_bonus_step_count(text_files, tmp_path):
+    train_files, validation_files = text_files
+    # A fast decay, so that a step count restarting at 0 would change the losses after the resume.
+    args = TrainArgs(model="depth_recurrent", preset="tiny", train_files=train_files, validation_files=validation_files,
+                     block_size=32, batch_size=4, max_steps=4, eval_every=0, save_every=2, num_threads=1,
+                     config_overrides=["entropy_bonus=0.5", "entropy_bonus_decay_steps=1.0"],
+                     output_dir=str(tmp_path / "full"))
+    full = train(args)
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, loss):
+        if step == 2:
+            raise Stop
+
+    interrupted = replace(args, output_dir=str(tmp_path / "interrupted"))
+    with pytest.raises(Stop):
+        train(interrupted, on_step=stop)
+    resumed = train(replace(interrupted, resume=True))
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-6, abs=0)

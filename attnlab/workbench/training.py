@@ -373,6 +373,24 @@ def build_optimizer(model, args: TrainArgs, num_processes: int = 1):
 # none once the run has reached max_steps.
 
 
+class CheckpointedBuffers:
+    """A model's `checkpointed_buffers` (training counters outside its state dict) as an object accelerate's
+    save_state / load_state carry, so a resumed run continues them. Every process holds the same values."""
+
+    def __init__(self, get_model: Callable):
+        self.get_model = get_model
+
+    def state_dict(self) -> dict:
+        model = self.get_model()
+        return {name: model.get_buffer(name).detach().cpu().clone() for name in model.checkpointed_buffers}
+
+    def load_state_dict(self, state: dict):
+        model = self.get_model()
+        for name in model.checkpointed_buffers:
+            buffer = model.get_buffer(name)
+            buffer.copy_(state[name].to(buffer.device))
+
+
 def last_checkpoint(output_dir: str | Path) -> Path | None:
     folders = [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX):].isdigit()]
     return max(folders, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
@@ -512,6 +530,8 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     train_loader = DataLoader(train_blocks.select_columns(["input_ids"]), batch_size=args.batch_size, shuffle=True,
                               drop_last=True, collate_fn=default_data_collator, generator=torch.Generator())
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    if getattr(accelerator.unwrap_model(model), "checkpointed_buffers", ()):
+        accelerator.register_for_checkpointing(CheckpointedBuffers(lambda: accelerator.unwrap_model(model)))
     # Only the training step runs compiled: evaluation (other shapes, no grad) and saving use the prepared module,
     # which shares the weights, so neither triggers a recompilation nor sees torch.compile's wrapper.
     forward = torch.compile(model, backend=args.compile_backend) if args.compile else model
