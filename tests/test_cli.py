@@ -450,3 +450,10 @@ def test_eval_defaults_are_the_documented_ones(trained, monkeypatch, capsys):
     assert seen["stride"] == 5
     # The sliding window scores every token after the first exactly once, whatever the stride.
     assert "99 tokens" in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_the_demo_time_limit_is_a_backstop():
+    # Measured: the demo's steps took about 1.0 s each on a 2-core VM at load 7-9 (0.5 s idle); the limit must
+    # leave a loaded machine twice that, so only a far slower one ends training early.
+    assert cli.DEMO_ARGS["time_limit"] >= 2 * 1.0 * cli.DEMO_ARGS["max_steps"]
+    assert "about 4 minutes on an idle 2-core machine" in " ".join(build_parser().format_help().split())

@@ -134,12 +134,14 @@ def tokenizer_command(args):
 # rate of 4e-3 reach about 1.86 nats/byte held-out. One thread: on a 2-core machine shared with other jobs, two
 # threads made a step several times slower. The number of threads is measured at the start (measure_threads). The
 # steps are fixed, not fitted to a measured speed: a planning step measured while other jobs briefly loaded the
-# machine cut a run to 147 steps (held-out 2.35) that then trained at twice the measured speed. The time limit only
-# stops a machine far slower than the one measured (training then ends early in the schedule, and the demo says so).
+# machine cut a run to 147 steps (held-out 2.35) that then trained at twice the measured speed. The time limit is a
+# backstop: the 400 steps took 199 s on an idle 2-core VM (load 1.4), 304 s at load 5-7 and about 404 s at load 7-9,
+# where a 420 s limit nearly cut them short; 900 s stops only a machine several times slower than a loaded one
+# (training then ends early in the schedule, and the demo says so).
 DEMO_ARGS = dict(model="evolving", preset="tiny", block_size=256, batch_size=16, max_steps=400, learning_rate=4e-3,
                  config_overrides=["hidden_size=128", "intermediate_size=512", "num_hidden_layers=4",
                                    "num_attention_heads=4"],
-                 eval_every=100, eval_blocks=32, save_every=0, time_limit=420.0)
+                 eval_every=100, eval_blocks=32, save_every=0, time_limit=900.0)
 DEMO_SAMPLE_TOKENS = 240  # with the prompt, within the 256 positions the demo model trains on
 
 
@@ -307,8 +309,9 @@ def build_parser() -> HfArgumentParser:
     audit.add_arguments(audit_parser)
     audit_parser.set_defaults(func=audit.run)
 
-    demo = commands.add_parser("demo", help="train evolving on Shakespeare for ~3 minutes, evaluate on held-out plays, "
-                                            "generate, save a Hub-ready folder with its loss curve")
+    demo = commands.add_parser("demo", help="train evolving on Shakespeare (about 4 minutes on an idle 2-core machine, "
+                                            "6-10 when other jobs share it), evaluate on held-out plays, generate, "
+                                            "save a Hub-ready folder with its loss curve")
     demo.add_argument("--output_dir", default="outputs/demo",
                       help="the demo's folder: new, empty, or an earlier demo's (which is replaced)")
     demo.add_argument("--prompt", default="ROMEO:\n", help="the prompt of the printed sample")
