@@ -13,6 +13,7 @@ cache, in which the mixer owns slot `cache_idx` (given by the stack, so a layer 
 """
 
 import dataclasses
+import warnings
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLa
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_common import AttnlabConfig
 
@@ -299,6 +301,7 @@ class AttnlabModel(AttnlabPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    @can_return_tuple  # return_dict=False, as an argument or in the config: the output's to_tuple()
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -312,8 +315,9 @@ class AttnlabModel(AttnlabPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPast:
         inputs_embeds, cache, past_length, token_mask, position_ids = prepare_stack_inputs(
-            self, input_ids, inputs_embeds, attention_mask, position_ids, either_cache_name(cache, past_key_values),
-            use_cache, kwargs)
+            self, input_ids, inputs_embeds, attention_mask, position_ids,
+            either_cache_name(cache, past_key_values, self), use_cache, kwargs)
+        output_hidden_states = output_hidden_states_of(self.config, output_hidden_states)
         batch, length = inputs_embeds.shape[:2]
         if cache is not None and self.config.records_length:
             record_length(cache, length, batch, inputs_embeds.device)
@@ -358,6 +362,7 @@ class AttnlabForCausalLM(AttnlabPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -373,10 +378,11 @@ class AttnlabForCausalLM(AttnlabPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         outputs = self.model(
+            return_dict=True,
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=either_cache_name(cache, past_key_values),
+            cache=either_cache_name(cache, past_key_values, self),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -411,10 +417,21 @@ class AttnlabForCausalLM(AttnlabPreTrainedModel, GenerationMixin):
 CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
 
 
-def either_cache_name(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+def either_cache_name(cache: Cache | None, past_key_values: Cache | None, model=None) -> Cache | None:
+    """The cache under either name; the old one warns where this transformers has the new one, as its own models
+    do (`deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")`)."""
     if cache is not None and past_key_values is not None:
         raise ValueError("Pass the cache as `cache` or as `past_key_values`, not both")
+    if past_key_values is not None and CACHE_FIELD == "cache" and not torch.compiler.is_compiling():
+        where = f"{type(model).__name__}.forward" if model is not None else "forward"
+        warnings.warn(f"`past_key_values` is deprecated and will be removed in version 5.40.0 for `{where}`. Use "
+                      "`cache` instead.", FutureWarning, stacklevel=3)
     return cache if cache is not None else past_key_values
+
+
+def output_hidden_states_of(config, output_hidden_states: bool | None) -> bool:
+    """The argument, else the config's `output_hidden_states` (as transformers' own models read it)."""
+    return bool(getattr(config, "output_hidden_states", False) if output_hidden_states is None else output_hidden_states)
 
 
 # ---------------------------------------------------------------------------------------------------------------

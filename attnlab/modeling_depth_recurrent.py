@@ -26,6 +26,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_depth_recurrent import DepthRecurrentConfig
 from .modeling_common import (
@@ -36,6 +37,7 @@ from .modeling_common import (
     causal_attention,
     either_cache_name,
     merge_heads,
+    output_hidden_states_of,
     prepare_stack_inputs,
     read_recurrent_states,
     register_for_auto_classes,
@@ -256,6 +258,7 @@ class DepthRecurrentModel(DepthRecurrentPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    @can_return_tuple  # return_dict=False, as an argument or in the config
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -269,8 +272,9 @@ class DepthRecurrentModel(DepthRecurrentPreTrainedModel):
         **kwargs,
     ) -> DepthRecurrentModelOutput:
         inputs_embeds, past_key_values, past_length, token_mask, position_ids = prepare_stack_inputs(
-            self, input_ids, inputs_embeds, attention_mask, position_ids, either_cache_name(cache, past_key_values),
-            use_cache, kwargs)
+            self, input_ids, inputs_embeds, attention_mask, position_ids,
+            either_cache_name(cache, past_key_values, self), use_cache, kwargs)
+        output_hidden_states = output_hidden_states_of(self.config, output_hidden_states)
 
         config, blocks = self.config, self.config.num_unique_layers
         position_embeddings = self.rotary_emb(position_ids)
@@ -369,11 +373,16 @@ class DepthRecurrentForCausalLM(DepthRecurrentPreTrainedModel, AttnlabForCausalL
     techniques' regularisers and the entropy bonus; in eval mode it is the cross-entropy alone."""
 
     base_model_class = DepthRecurrentModel
+    # Training state, not weights: a training checkpoint restores these buffers (attnlab's loop registers them with
+    # accelerate's checkpointing). Kept out of the state dict, which FSDP2 loads as if every entry were a sharded
+    # parameter; folders saved when it was a weight still load.
+    checkpointed_buffers = ("training_step",)
+    _keys_to_ignore_on_load_unexpected = [r"^training_step$"]
 
     def __init__(self, config: DepthRecurrentConfig):
         super().__init__(config)
-        # Training forwards with labels so far: the entropy bonus decays with it. Saved, so a resumed run continues it.
-        self.register_buffer("training_step", torch.zeros((), dtype=torch.long))
+        # Training forwards with labels so far: the entropy bonus decays with it.
+        self.register_buffer("training_step", torch.zeros((), dtype=torch.long), persistent=False)
         self.post_init()
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -129,3 +129,47 @@ def test_cpu_peak_memory_is_that_of_the_measured_work_not_of_earlier_peaks():
         measured = torch.ones(50 * 2**20)  # 200 MiB
         del measured
     assert 150 < memory.peak_mb < 300
+
+
+def test_mqar_and_copy_show_progress_while_training(tmp_path, capsys):
+    bench.main(["mqar", "--models", "llama", "--widths", "32", "--slices", "32x2", "--lrs", "1e-3", "--vocab-size",
+                "64", "--train-examples", "64", "--test-examples", "16", "--epochs", "2", "--batch-size", "16",
+                "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "mqar d=32 L=32 kv=2 llama lr 0.001" in err and "/8 " in err, err  # 2 epochs of 64 / 16 = 8 steps
+    bench.main(["copy", "--models", "llama", "--forms", "fixed", "--width", "32", "--seq-len", "16", "--steps", "3",
+                "--lrs", "1e-3", "--test-examples", "8", "--batch-size", "4", "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "copy fixed llama lr 0.001" in err and "/3 " in err, err
+
+
+def test_speed_arithmetic_from_hand_made_medians(monkeypatch):
+    from types import SimpleNamespace
+
+    from attnlab.workbench import benchmarking
+
+    def record(label, kind, T, median_s, tokens_per_s=None, round_index=0):
+        return dict(label=label, model=label, kind=kind, seq_len=T, median_s=median_s, tokens_per_s=tokens_per_s,
+                    peak_memory_mb=10.0 * T, compile_s=None, preset="tiny", precision="fp32", round=round_index)
+
+    # Three rounds each: the median round is kept, not the mean or the fastest.
+    records = [record("llama", "decode", 64, s, round_index=i) for i, s in enumerate([0.030, 0.010, 0.020])]
+    records += [record("elita", "decode", 64, s, round_index=i) for i, s in enumerate([0.005, 0.009, 0.001])]
+    records += [record("llama", "train", 64, 0.5, tokens_per_s=1000.0), record("elita", "train", 64, 0.25,
+                                                                             tokens_per_s=2500.0)]
+    medians = bench.median_rounds(records)
+    decode = {r["label"]: r["median_s"] for r in medians if r["kind"] == "decode"}
+    assert decode == {"llama": 0.020, "elita": 0.005}
+    args = SimpleNamespace(batch_size=4, rounds=3, repeats=5, decode_tokens=8, isolate=False, presets=["tiny"],
+                           kinds=["train", "decode"])
+    text = "\n".join(bench.speed_tables(args, {"parameters": {"tiny": {"llama": 1, "elita": 1}}}, medians, ["fp32"]))
+    assert "| elita | 5.00 (0.25x) |" in text and "| llama | 20.00 (1.00x) |" in text  # ms per token, time ratio
+    assert "| elita | 2500 (2.50x) |" in text  # training: tokens per second and its ratio
+
+    # A decode measurement's tokens per second: batch rows per median step (one new token each), not batch x length.
+    monkeypatch.setitem(benchmarking.MEASURES, "decode", lambda *args: (0.02, 1.0))
+    measured = benchmarking.measure("decode", "llama", "tiny", batch_size=4, seq_len=16, vocab_size=64)
+    assert measured.median_s == 0.02 and measured.tokens_per_s == pytest.approx(200.0)
+    monkeypatch.setitem(benchmarking.MEASURES, "train", lambda *args: (0.5, 1.0))
+    assert benchmarking.measure("train", "llama", "tiny", batch_size=4, seq_len=16,
+                                vocab_size=64).tokens_per_s == pytest.approx(4 * 16 / 0.5)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from huggingface_hub import constants
 
 from attnlab.members import MEMBERS
@@ -364,3 +365,95 @@ def test_demo_helpers():
     threads, seconds = cli.measure_threads(tiny)
     assert threads in (1, 2) and 0 < seconds < 60
     assert len(shakespeare_text()) > 0 and cli.DEMO_SAMPLE_TOKENS + len("ROMEO:\n") <= cli.DEMO_ARGS["block_size"]
+
+
+# --- no silent wrong answers -----------------------------------------------------------------------------------
+
+
+def test_weights_corrupted_in_place_are_named(trained, tmp_path, capsys):
+    folder = tmp_path / "copy"
+    shutil.copytree(trained, folder)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4096:] = b"\xff" * 4096  # same size, header intact: the last tensor's values become NaN
+    weights.write_bytes(bytes(data))
+    for command in ("eval", "generate"):
+        error = one_line_error([command, str(folder)], capsys)
+        assert f"{weights}: the weight " in error and "non-finite value(s)" in error
+
+
+def test_a_non_finite_loss_in_eval_is_an_error_naming_the_folder(trained, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "copy"
+    shutil.copytree(trained, folder)
+    weights = load_file(folder / "model.safetensors")
+    # Finite weights whose logits overflow: the final norm's gain at 3e38 makes them +-inf, the loss NaN.
+    weights["model.norm.weight"] = torch.full_like(weights["model.norm.weight"], 3e38)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    for extra in ([], ["--window", "16"]):
+        error = one_line_error(["eval", str(folder), "--max_blocks", "2", "--max_tokens", "64", *extra], capsys)
+        assert error.startswith(f"attnlab eval: error: evaluating {folder}: the loss is not finite"), error
+
+
+# --- options reach what they set ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["eval", "generate"])
+def test_num_threads_for_eval_and_generate(trained, command, capsys):
+    torch.set_num_threads(2)
+    extra = ["--max_blocks", "1"] if command == "eval" else ["--max_new_tokens", "2"]
+    main([command, str(trained), "--num_threads", "1", *extra])
+    assert torch.get_num_threads() == 1
+    assert "--num_threads must be >= 1" in one_line_error([command, str(trained), "--num_threads", "0"], capsys)
+
+
+def test_generate_options_reach_generate(trained, monkeypatch, capsys):
+    seen = {}
+    original = transformers.GenerationMixin.generate
+
+    def recording_generate(self, *args, **kwargs):
+        seen.update(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.GenerationMixin, "generate", recording_generate)
+    main(["generate", str(trained), "--max_new_tokens", "3", "--top_p", "0.7", "--top_k", "5", "--temperature",
+          "0.5", "--repetition_penalty", "1.3"])
+    assert seen["top_p"] == 0.7 and seen["top_k"] == 5 and seen["temperature"] == 0.5 and seen["do_sample"] is True
+    assert seen["repetition_penalty"] == 1.3 and seen["max_new_tokens"] == 3
+    seen.clear()
+    main(["generate", str(trained), "--max_new_tokens", "3", "--greedy", "--top_p", "0.7"])
+    assert "top_p" not in seen and not seen.get("do_sample")
+
+
+def test_eval_defaults_are_the_documented_ones(trained, monkeypatch, capsys):
+    """`attnlab eval` scores packed blocks of 256 tokens (README: "held-out plays, packed blocks of 256"); --window N
+    without --stride slides by N // 2 (its --help: "default: window // 2")."""
+    seen = {}
+    real_pack, real_window = cli.pack_blocks, cli.evaluate_sliding_window
+
+    def pack(text, tokenizer, block_size, **kwargs):
+        seen["block_size"] = block_size
+        return real_pack(text, tokenizer, block_size, **kwargs)
+
+    def window(model, tokens, byte_lengths, window, stride, **kwargs):
+        seen["window"], seen["stride"] = window, stride
+        return real_window(model, tokens, byte_lengths, window, stride, **kwargs)
+
+    monkeypatch.setattr(cli, "pack_blocks", pack)
+    monkeypatch.setattr(cli, "evaluate_sliding_window", window)
+    main(["eval", str(trained), "--max_blocks", "1"])
+    assert seen["block_size"] == 256
+    main(["eval", str(trained), "--window", "24", "--max_tokens", "100"])
+    assert (seen["window"], seen["stride"]) == (24, 12)
+    main(["eval", str(trained), "--window", "24", "--stride", "5", "--max_tokens", "100"])
+    assert seen["stride"] == 5
+    # The sliding window scores every token after the first exactly once, whatever the stride.
+    assert "99 tokens" in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_the_demo_time_limit_is_a_backstop():
+    # Measured: the demo's steps took about 1.0 s each on a 2-core VM at load 7-9 (0.5 s idle); the limit must
+    # leave a loaded machine twice that, so only a far slower one ends training early.
+    assert cli.DEMO_ARGS["time_limit"] >= 2 * 1.0 * cli.DEMO_ARGS["max_steps"]
+    assert "about 4 minutes on an idle 2-core machine" in " ".join(build_parser().format_help().split())

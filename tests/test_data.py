@@ -134,3 +134,16 @@ def test_load_text_splits_errors(tmp_path):
         load_text_splits(train_files=str(rows), text_column="content")
     with pytest.raises(ValueError, match="either dataset_name or"):
         load_text_splits(train_files=str(rows), dataset_name="some/dataset")
+
+
+@pytest.mark.parametrize("multiple", [1, 3])
+def test_a_text_of_exactly_n_blocks_gives_n_blocks(tok, multiple):
+    block = 16
+    text = "".join(chr(ord("a") + i % 26) for i in range(multiple * block))  # one document: no eos is added
+    blocks = pack_blocks(Dataset.from_dict({"text": [text]}), tok, block)
+    assert len(blocks) == multiple
+    assert bytes(sum(blocks["input_ids"], [])).decode() == text
+    # Two documents joined by one eos, exactly two blocks together.
+    first = text[: block - 1]
+    two = pack_blocks(Dataset.from_dict({"text": [first, text[:block]]}), tok, block)
+    assert len(two) == 2 and two["input_ids"][0][-1] == EOS

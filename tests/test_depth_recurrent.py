@@ -318,3 +318,70 @@ def test_quantize_save_load_evaluate_round_trip(tmp_path):
     assert after.tokens == before.tokens == 199 and abs(after.bits_per_byte - before.bits_per_byte) < 0.05
     assert reloaded.lm_head.weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
     assert Path(folder, "config.json").is_file()
+
+
+def pass_zero_output_gradient(exit_bias: float) -> torch.Tensor:
+    """The loss's gradient at the output of pass 0 (before its exit gate), with the gate held at sigmoid(exit_bias)
+    on every token. Carry and confidence are off, so the gated stream is the only path from there to the loss."""
+    torch.manual_seed(0)
+    model = randomised(DepthRecurrentForCausalLM(config(num_passes=2, state_carry=False,
+                                                        confidence_conditioning=False)))
+    with torch.no_grad():
+        model.model.exit_proj.weight.zero_()
+        model.model.exit_proj.bias.fill_(exit_bias)
+    outputs = []
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        outputs.append(output)
+
+    model.model.layers[-1].register_forward_hook(keep)  # its first call ends pass 0
+    x = ids()
+    model(input_ids=x, labels=x, use_cache=False).loss.backward()  # eval mode: the cross-entropy alone
+    return outputs[0].grad
+
+
+def test_exit_gate_scales_the_gradient_into_earlier_passes():
+    half, mostly = pass_zero_output_gradient(0.0), pass_zero_output_gradient(2.0)
+    assert half.abs().max() > 0
+    # The forward values are the same at both gates, so the gradients differ by exactly the gates' ratio.
+    torch.testing.assert_close(half / torch.sigmoid(torch.tensor(0.0)), mostly / torch.sigmoid(torch.tensor(2.0)),
+                               rtol=1e-3, atol=1e-9)
+
+
+def test_entropy_bonus_scores_the_positions_whose_next_label_counts():
+    model = DepthRecurrentForCausalLM(config(entropy_bonus=0.5, entropy_bonus_decay_steps=None))
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 8, VOCAB, generator=generator) * 3
+    labels = torch.randint(0, VOCAB, (2, 8), generator=generator)
+    labels[0, 3:6] = -100  # e.g. a prompt or padding in shifted labels
+    labels[1, 0] = labels[1, 7] = -100
+    log_probs = logits.log_softmax(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)  # [batch, position]
+    # Position t predicts labels[t + 1]: it is scored when that label is not -100.
+    scored = [(0, t) for t in range(7) if t + 1 not in (3, 4, 5)] + [(1, t) for t in range(6)]
+    expected = -0.5 * torch.stack([entropy[b, t] for b, t in scored]).mean()
+    torch.testing.assert_close(model.training_regularisers(logits, labels, None), expected)
+
+
+def test_a_resumed_run_continues_the_entropy_bonus_step_count(text_files, tmp_path):
+    train_files, validation_files = text_files
+    # A fast decay, so that a step count restarting at 0 would change the losses after the resume.
+    args = TrainArgs(model="depth_recurrent", preset="tiny", train_files=train_files, validation_files=validation_files,
+                     block_size=32, batch_size=4, max_steps=4, eval_every=0, save_every=2, num_threads=1,
+                     config_overrides=["entropy_bonus=0.5", "entropy_bonus_decay_steps=1.0"],
+                     output_dir=str(tmp_path / "full"))
+    full = train(args)
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, loss):
+        if step == 2:
+            raise Stop
+
+    interrupted = replace(args, output_dir=str(tmp_path / "interrupted"))
+    with pytest.raises(Stop):
+        train(interrupted, on_step=stop)
+    resumed = train(replace(interrupted, resume=True))
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-6, abs=0)

@@ -190,3 +190,17 @@ def test_position_step_defaults_to_the_training_grid_and_is_saved():
 def test_bad_config_values_are_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         ElitaConfig(**{field: value})
+
+
+def test_logit_feed_forward_is_a_residual_correction():
+    model = tiny_model(logit_ffn_size=16)
+    ids = torch.randint(3, 97, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model.lm_head(model.model(ids).last_hidden_state)
+        ffn = model.logit_ffn
+        correction = ffn.down_proj(torch.nn.functional.silu(ffn.up_proj(plain)))
+        assert correction.abs().max() > 1e-3
+        torch.testing.assert_close(model(ids).logits, plain + correction)
+        ffn.down_proj.weight.zero_()
+        ffn.down_proj.bias.zero_()
+        torch.testing.assert_close(model(ids).logits, plain, atol=0, rtol=0)  # no correction: the logits themselves

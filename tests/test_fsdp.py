@@ -1,5 +1,7 @@
 """FSDP2 through accelerate with 2 CPU processes (gloo) for every member: training, a sharded checkpoint and its
 resume, and the gathered final save, which loads as a plain model and scores what the sharded run reported.
+depth_recurrent's entropy-bonus step count is a training counter outside the state dict (accelerate's FSDP2 loads
+every state-dict entry as a sharded parameter): the checkpoint carries it, and the resumed run's losses show it.
 
 One launch trains every member (tests/fsdp_cpu_worker.py; tiny configs, 3 steps), so the suite pays the start-up of
 two processes once.
@@ -21,10 +23,6 @@ from attnlab.workbench.evaluation import evaluate_blocks, load_model_and_tokeniz
 from attnlab.workbench.training import TrainArgs, load_blocks
 
 REPO = Path(__file__).resolve().parents[1]
-# Known: accelerate 1.15's FSDP2 loads the full state dict as if every entry were a sharded parameter, and
-# depth_recurrent keeps a persistent buffer (the entropy bonus's step counter, saved so that a resume continues it).
-KNOWN_FAILURES = {"depth_recurrent": ("has no attribute 'device_mesh'",
-                                      "accelerate's FSDP2 cannot load a persistent buffer (depth_recurrent's step count)")}
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +46,6 @@ def fsdp_run(tmp_path_factory):
 def test_fsdp_trains_resumes_and_saves_the_gathered_model(fsdp_run, name):
     work_dir, results = fsdp_run
     result = results[name]
-    if name in KNOWN_FAILURES and KNOWN_FAILURES[name][0] in result.get("error", ""):
-        pytest.xfail(KNOWN_FAILURES[name][1])  # only this failure; any other fails the test
     assert "error" not in result, result.get("traceback")
     assert result["distributed_type"] == "FSDP"
     full, resumed = result["full"], result["resumed"]

@@ -1,6 +1,6 @@
 """lm-evaluation-harness scores a saved attnlab folder through its `hf` model (HFLM) with trust_remote_code,
-offline, on a tiny local multiple-choice task; its log-likelihoods are the model's own. Skipped where lm_eval is
-not installed (`pip install lm_eval`)."""
+offline, on a tiny local multiple-choice task; its log-likelihoods are the model's own. The `dev` extra installs
+lm_eval (the test is skipped only where it is missing)."""
 
 import json
 import textwrap
@@ -29,6 +29,7 @@ def continuation_logprob(model, tokenizer, context: str, continuation: str) -> f
 def test_hflm_scores_a_saved_folder_on_a_local_task(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    torch.set_num_threads(1)  # a tiny model: one thread is the fastest on a shared machine (conftest restores it)
     member = MEMBERS["evolving"]
     torch.manual_seed(0)
     model = member.causal_lm_class(member.test_config(vocab_size=259, pad_token_id=256, bos_token_id=257,

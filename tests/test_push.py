@@ -161,3 +161,16 @@ def test_init_from_a_hub_name(folder, tmp_path):
     assert metrics["model"] == "triple_product" and metrics["args"]["init_from"] == "me/tiny-tp"
     assert metrics["parameters"] == sum(p.numel() for p in MEMBERS["triple_product"].causal_lm_class(
         MEMBERS["triple_product"].test_config(vocab_size=259)).parameters())
+
+
+def test_push_without_a_network_is_one_line(folder, monkeypatch, capsys):
+    # Nothing listens on port 9 of this machine: the connection is refused at once, as with no network.
+    monkeypatch.setattr(hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_TOKEN", "hf_placeholder")
+    with pytest.raises(SystemExit) as exit:
+        main(["push", str(folder), "someone/model"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("attnlab push: error: cannot upload to someone/model: the Hub (http://127.0.0.1:9) cannot "
+                          "be reached"), err

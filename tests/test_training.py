@@ -206,7 +206,10 @@ def test_two_processes_with_accelerate_launch(text_files, tmp_path):
                "--output_dir", str(tmp_path / "run")]
     # `python -m` from the repository root imports this checkout of attnlab.
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run(command, cwd=REPO, env=env, check=True, timeout=120, capture_output=True)
+    run = subprocess.run(command, cwd=REPO, env=env, check=True, timeout=120, capture_output=True, text=True)
+    # The command's own summary comes from the main process only.
+    assert [line.startswith("held-out:") for line in run.stdout.splitlines()].count(True) == 1, run.stdout
+    assert run.stdout.count("saved the model") == 1, run.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["num_processes"] == 2 and metrics["steps"] == 4 and metrics["tokens"] == 4 * 2 * 2 * 32
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..members import HYBRIDS, MEMBERS, get_member
 from ..modeling_common import CACHE_FIELD
@@ -437,14 +438,16 @@ def mqar_examples(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size
 
 
 def train_task(model, batches, steps: int, lr: float, weight_decay: float = 0.1,
-               evaluate=None, eval_every: int = 0, stop_at: float | None = None) -> list[dict]:
+               evaluate=None, eval_every: int = 0, stop_at: float | None = None, desc: str = "training") -> list[dict]:
     """AdamW with cosine decay to zero over `steps`, cross-entropy on labelled positions. `batches` yields (inputs,
     labels); `evaluate()` -> accuracy is called every `eval_every` steps, and training stops early once it exceeds
-    `stop_at` (zoology stops at 0.99). Returns the evaluations as [{step, accuracy}]."""
+    `stop_at` (zoology stops at 0.99). A progress bar named `desc` shows the loss and the last accuracy. Returns the
+    evaluations as [{step, accuracy}]."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     history = []
     model.train()
+    progress = tqdm(total=steps, desc=desc, unit="step", leave=False, mininterval=1.0)
     for step in range(1, steps + 1):
         inputs, labels = next(batches)
         logits, targets = logits_at(model, inputs, labels)
@@ -456,11 +459,16 @@ def train_task(model, batches, steps: int, lr: float, weight_decay: float = 0.1,
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
+        progress.update()
+        if step % 10 == 0 or step == steps:  # .item() syncs: not every step
+            progress.set_postfix(loss=f"{loss.item():.3f}", **({"acc": f"{history[-1]['accuracy']:.3f}"}
+                                                              if history else {}), refresh=False)
         if evaluate is not None and eval_every and step % eval_every == 0 and step < steps:
             history.append(dict(step=step, accuracy=evaluate()))
             model.train()
             if stop_at is not None and history[-1]["accuracy"] > stop_at:
                 break
+    progress.close()
     return history
 
 
@@ -516,7 +524,7 @@ def mqar(args, info: dict) -> dict:
 
                     history = train_task(model, epochs_of(train_inputs, train_labels, args.batch_size, args.seed),
                                          steps, lr, evaluate=evaluate, eval_every=max(1, steps // args.evaluations),
-                                         stop_at=0.99)
+                                         stop_at=0.99, desc=f"mqar d={width} L={seq_len} kv={kv} {name} lr {lr:g}")
                     accuracy = evaluate()
                     runs.append(dict(model=name, width=width, seq_len=seq_len, num_kv_pairs=kv, lr=lr,
                                      accuracy=accuracy, parameters=counts[name], steps=steps,
@@ -643,7 +651,8 @@ def copy(args, info: dict) -> dict:
                 batches = iter(lambda: copy_batch(args.batch_size, args.seq_len, args.vocab_size, form, generator)[:2],
                                None)
                 start = time.perf_counter()
-                history = train_task(model, batches, args.steps, lr, weight_decay=0.0)
+                history = train_task(model, batches, args.steps, lr, weight_decay=0.0,
+                                     desc=f"copy {form} {name} lr {lr:g}")
                 accuracy = accuracy_on_labels(model, test[0], test[2], args.batch_size)
                 runs.append(dict(model=name, form=form, lr=lr, accuracy=accuracy, parameters=counts[name],
                                  history=history, seconds=round(time.perf_counter() - start, 1)))

@@ -33,12 +33,14 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
+from accelerate import PartialState
 from transformers import AutoModelForCausalLM, HfArgumentParser
 
 from . import audit
 from . import bench as benchmark_suite
 from .data import load_text_splits, pack_blocks, token_stream
-from .evaluation import EvalResult, evaluate_blocks, evaluate_sliding_window, load_model_and_tokenizer
+from .evaluation import (EvalResult, NonFiniteLossError, evaluate_blocks, evaluate_sliding_window,
+                         load_model_and_tokenizer)
 from . import scaffold, timeseries
 from .hub import CHECKPOINT_PREFIX, publish
 from ..tokenization_attnlab import byte_tokenizer, token_byte_lengths, train_bpe_tokenizer
@@ -50,24 +52,36 @@ logger = logging.getLogger(__name__)
 def train_command(args):
     train_args = TrainArgs(**{name: getattr(args, name) for name in TrainArgs.__dataclass_fields__})
     metrics = train(train_args)
-    print(f"saved the model, its tokenizer and metrics.json to {Path(train_args.output_dir).resolve()}")
-    print(f"held-out: {EvalResult(**metrics['final_eval'])}")
+    if PartialState().is_main_process:  # under accelerate launch every process returns the same metrics
+        print(f"saved the model, its tokenizer and metrics.json to {Path(train_args.output_dir).resolve()}")
+        print(f"held-out: {EvalResult(**metrics['final_eval'])}")
+
+
+def set_threads(args):
+    if args.num_threads is not None:
+        if args.num_threads < 1:
+            raise ValueError(f"--num_threads must be >= 1, got {args.num_threads}")
+        torch.set_num_threads(args.num_threads)
 
 
 def eval_command(args):
+    set_threads(args)
     model, tokenizer = load_model_and_tokenizer(args.folder, args.tokenizer, args.trust_remote_code)
     # Given --files, score those files; otherwise the held-out split of the default text (Shakespeare's plays).
     splits = load_text_splits(train_files=args.files, validation_files=args.files, dataset_name=args.dataset_name,
                               dataset_config=args.dataset_config, text_column=args.text_column)
     text = splits[args.split]
     byte_lengths = token_byte_lengths(tokenizer)
-    if args.window is not None:
-        tokens = token_stream(text, tokenizer)[: args.max_tokens]
-        result = evaluate_sliding_window(model, tokens, byte_lengths, args.window, args.stride or args.window // 2,
-                                         batch_size=args.batch_size)
-    else:
-        blocks = pack_blocks(text, tokenizer, args.block_size, text_column=args.text_column, split=args.split)
-        result = evaluate_blocks(model, blocks, byte_lengths, args.batch_size, max_blocks=args.max_blocks)
+    try:
+        if args.window is not None:
+            tokens = token_stream(text, tokenizer)[: args.max_tokens]
+            result = evaluate_sliding_window(model, tokens, byte_lengths, args.window,
+                                             args.stride or args.window // 2, batch_size=args.batch_size)
+        else:
+            blocks = pack_blocks(text, tokenizer, args.block_size, text_column=args.text_column, split=args.split)
+            result = evaluate_blocks(model, blocks, byte_lengths, args.batch_size, max_blocks=args.max_blocks)
+    except NonFiniteLossError as error:
+        raise ValueError(f"evaluating {args.folder}: {error}") from None
     print(result)
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(result.to_dict(), indent=1))
@@ -97,6 +111,7 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 200, seed
 
 
 def generate_command(args):
+    set_threads(args)
     model, tokenizer = load_model_and_tokenizer(args.folder, args.tokenizer, args.trust_remote_code)
     sampling = {} if args.greedy else dict(do_sample=True, temperature=args.temperature, top_k=args.top_k,
                                            top_p=args.top_p)
@@ -122,12 +137,14 @@ def tokenizer_command(args):
 # rate of 4e-3 reach about 1.86 nats/byte held-out. One thread: on a 2-core machine shared with other jobs, two
 # threads made a step several times slower. The number of threads is measured at the start (measure_threads). The
 # steps are fixed, not fitted to a measured speed: a planning step measured while other jobs briefly loaded the
-# machine cut a run to 147 steps (held-out 2.35) that then trained at twice the measured speed. The time limit only
-# stops a machine far slower than the one measured (training then ends early in the schedule, and the demo says so).
+# machine cut a run to 147 steps (held-out 2.35) that then trained at twice the measured speed. The time limit is a
+# backstop: the 400 steps took 199 s on an idle 2-core VM (load 1.4), 304 s at load 5-7 and about 404 s at load 7-9,
+# where a 420 s limit nearly cut them short; 900 s stops only a machine several times slower than a loaded one
+# (training then ends early in the schedule, and the demo says so).
 DEMO_ARGS = dict(model="evolving", preset="tiny", block_size=256, batch_size=16, max_steps=400, learning_rate=4e-3,
                  config_overrides=["hidden_size=128", "intermediate_size=512", "num_hidden_layers=4",
                                    "num_attention_heads=4"],
-                 eval_every=100, eval_blocks=32, save_every=0, time_limit=420.0)
+                 eval_every=100, eval_blocks=32, save_every=0, time_limit=900.0)
 DEMO_SAMPLE_TOKENS = 240  # with the prompt, within the 256 positions the demo model trains on
 
 
@@ -232,6 +249,9 @@ def _add_model_arguments(parser):
     parser.add_argument("--trust_remote_code", action="store_true",
                         help="run the modeling code a folder of another library's model ships (attnlab's own members "
                              "need no remote code)")
+    parser.add_argument("--num_threads", type=int, default=None,
+                        help="CPU threads (default: torch's choice, one per core); 1 is much faster for small models "
+                             "when other jobs share the cores")
 
 
 def build_parser() -> HfArgumentParser:
@@ -294,8 +314,9 @@ def build_parser() -> HfArgumentParser:
     audit.add_arguments(audit_parser)
     audit_parser.set_defaults(func=audit.run)
 
-    demo = commands.add_parser("demo", help="train evolving on Shakespeare for ~3 minutes, evaluate on held-out plays, "
-                                            "generate, save a Hub-ready folder with its loss curve")
+    demo = commands.add_parser("demo", help="train evolving on Shakespeare (about 4 minutes on an idle 2-core machine, "
+                                            "6-10 when other jobs share it), evaluate on held-out plays, generate, "
+                                            "save a Hub-ready folder with its loss curve")
     demo.add_argument("--output_dir", default="outputs/demo",
                       help="the demo's folder: new, empty, or an earlier demo's (which is replaced)")
     demo.add_argument("--prompt", default="ROMEO:\n", help="the prompt of the printed sample")

@@ -43,9 +43,23 @@ def load_pretrained(name_or_path: str, trust_remote_code: bool = False, **kwargs
     file (named), an unreachable Hub (failing at once rather than after transformers' retries)."""
     _check_model_source(name_or_path)
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot load the model {name_or_path}: {_first_line(error)}") from None
+    check_finite_weights(model, name_or_path)
+    return model
+
+
+def check_finite_weights(model, name_or_path: str):
+    """Raise ValueError naming the weights file and the first tensor holding a NaN or an infinity: a file damaged
+    in place keeps its size and header, and would otherwise evaluate to a NaN loss."""
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            files = sorted(Path(name_or_path).glob("*.safetensors")) if os.path.isdir(name_or_path) else []
+            where = ", ".join(str(path) for path in files) or name_or_path
+            raise ValueError(f"{where}: the weight {name} holds {bad:,} non-finite value(s) (NaN or inf); the file "
+                             f"is damaged or the run that saved it diverged; save or download it again")
 
 
 def load_hub_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -86,6 +100,10 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+class NonFiniteLossError(ValueError):
+    """An evaluation whose loss is NaN or infinite: a wrong number that must not be printed as a result."""
+
+
 @dataclass
 class EvalResult:
     loss: float  # nats per scored token
@@ -101,6 +119,8 @@ class EvalResult:
         nats, correct, tokens, num_bytes = totals.double().tolist()
         if tokens == 0:
             raise ValueError("nothing to evaluate: the held-out text gave no target tokens")
+        if not math.isfinite(nats):
+            raise NonFiniteLossError(f"the loss is not finite ({nats}): the model's logits hold NaN or inf")
         loss = nats / tokens
         return cls(
             loss=loss,

@@ -5,12 +5,14 @@ a full auto_map, generation_config.json and the flat modeling code, so `trust_re
 attnlab is not installed. `publish` checks that, adds a model card and uploads with huggingface_hub.
 """
 
+import importlib
 import json
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
 from huggingface_hub import HfApi, constants, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError
 from transformers.dynamic_module_utils import get_relative_imports
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -92,13 +94,35 @@ def publish(folder: str | Path, repo_id: str, private: bool = False, revision: s
         # attnlab's own card, written at training time for a placeholder repo id: retarget it, keep what follows.
         card.write_text(model_card(config, repo_id) + text.split(CARD_HEADER_END, 1)[1].removeprefix("\n"))
     api = api or HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    if revision is not None:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
-                               ignore_patterns=[f"{CHECKPOINT_PREFIX}*", f"{CHECKPOINT_PREFIX}*/**"],
-                               commit_message=f"Upload attnlab {config['model_type']} model")
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
+                                   ignore_patterns=[f"{CHECKPOINT_PREFIX}*", f"{CHECKPOINT_PREFIX}*/**"],
+                                   commit_message=f"Upload attnlab {config['model_type']} model")
+    except (*_transport_errors(), OSError) as error:  # no network, DNS, proxy, timeout
+        raise ValueError(f"cannot upload to {repo_id}: the Hub ({constants.ENDPOINT}) cannot be reached "
+                         f"({type(error).__name__}: {_first_line(error)}); check the connection") from None
+    except HfHubHTTPError as error:  # reachable, but refused: no token, no write access, a bad repo id
+        raise ValueError(f"cannot upload to {repo_id}: {_first_line(error)}") from None
     return str(commit)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client's connection errors (huggingface_hub's client is httpx, or its fork httpx2)."""
+    errors = []
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def hub_unreachable(repo_id: str, repo_type: str = "model", timeout: float = 3.0) -> str | None:

@@ -7,11 +7,14 @@ from exactly (model, optimizer, scheduler, RNG, data order and position, loss hi
 Hub-ready folder (weights, modeling code, tokenizer, generation config, model card) and a metrics JSON.
 """
 
+import ast
+import contextlib
 import functools
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import statistics
 import time
@@ -29,7 +32,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoModelForCausalLM, PreTrainedConfig, default_data_collator, get_cosine_schedule_with_warmup
 
 from .data import load_text_splits, pack_blocks
-from .evaluation import EvalResult, evaluate_blocks
+from .evaluation import EvalResult, NonFiniteLossError, evaluate_blocks
 from .hub import CHECKPOINT_PREFIX, check_folder, model_card
 from .muon import MuonWithAdamW, seed_momentum_warmup_steps, seed_warmdown_steps, warmup_then_warmdown
 from ..members import BASELINES, HYBRIDS, MEMBERS, STACKS, get_member
@@ -113,12 +116,15 @@ class TrainArgs:
     num_threads: int | None = field(default=None, metadata={
         "help": "CPU threads per process (default: torch's choice, one per core); 1 is much faster for small "
                 "models when other jobs share the cores"})
+    skip_nonfinite: bool = field(default=False, metadata={
+        "help": "skip an optimizer step whose training loss is NaN or infinite (the weights stay unchanged, the step "
+                "is counted in metrics.json's skipped_steps) instead of stopping the run with an error"})
 
 
 # A checkpoint can only be continued by a run that agrees on every option but these (limits, logging, paths), so an
 # option added later is part of the check unless it is listed here.
 RESUME_FREE_KEYS = ("eval_every", "eval_blocks", "final_eval_blocks", "save_every", "time_limit", "output_dir",
-                    "resume", "overwrite_output_dir", "num_threads", "compile", "compile_backend")
+                    "resume", "overwrite_output_dir", "num_threads", "compile", "compile_backend", "skip_nonfinite")
 RESUME_KEYS = tuple(name for name in TrainArgs.__dataclass_fields__ if name not in RESUME_FREE_KEYS)
 _DEFAULTS = asdict(TrainArgs())
 
@@ -389,18 +395,69 @@ def build_optimizer(model, args: TrainArgs, num_processes: int = 1):
 # none once the run has reached max_steps.
 
 
+class CheckpointedBuffers:
+    """A model's `checkpointed_buffers` (training counters outside its state dict) as an object accelerate's
+    save_state / load_state carry, so a resumed run continues them. Every process holds the same values."""
+
+    def __init__(self, get_model: Callable):
+        self.get_model = get_model
+
+    def state_dict(self) -> dict:
+        model = self.get_model()
+        return {name: model.get_buffer(name).detach().cpu().clone() for name in model.checkpointed_buffers}
+
+    def load_state_dict(self, state: dict):
+        model = self.get_model()
+        for name in model.checkpointed_buffers:
+            buffer = model.get_buffer(name)
+            buffer.copy_(state[name].to(buffer.device))
+
+
 def last_checkpoint(output_dir: str | Path) -> Path | None:
     folders = [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX):].isdigit()]
     return max(folders, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict):
+class _DeclaredTiesFilter(logging.Filter):
+    """Drops accelerate's "Removed shared tensor {...}" warning when every removed name is a tie the model declares
+    (the tied LM head): the checkpoint reloads it from the embedding. An undeclared alias still warns."""
+
+    def __init__(self, tied_names: set[str]):
+        super().__init__()
+        self.tied_names = tied_names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = re.search(r"Removed shared tensor (\{.*?\}) while saving", record.getMessage())  # after "[RANK n] "
+        if found is None:
+            return True
+        try:
+            removed = ast.literal_eval(found.group(1))
+        except (ValueError, SyntaxError):
+            return True
+        return not all(any(name == tied or name.endswith(f".{tied}") for tied in self.tied_names) for name in removed)
+
+
+@contextlib.contextmanager
+def declared_ties_unreported(model):
+    tied = getattr(model, "_tied_weights_keys", None) or {}  # None: no model, every such warning stays
+    tied_names = set(tied) | set(tied.values()) if isinstance(tied, dict) else set(tied)
+    accelerate_logger = logging.getLogger("accelerate.utils.other")
+    quiet = _DeclaredTiesFilter(tied_names)
+    accelerate_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        accelerate_logger.removeFilter(quiet)
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, model=None):
     final = output_dir / f"{CHECKPOINT_PREFIX}{state['step']}"
     temporary = output_dir / f"{final.name}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))  # every process writes its own RNG state
+    with declared_ties_unreported(accelerator.unwrap_model(model) if model is not None else None):
+        accelerator.save_state(str(temporary))  # every process writes its own RNG state
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (temporary / TRAINER_STATE).write_text(json.dumps(state, indent=1))
@@ -495,6 +552,8 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     train_loader = DataLoader(train_blocks.select_columns(["input_ids"]), batch_size=args.batch_size, shuffle=True,
                               drop_last=True, collate_fn=default_data_collator, generator=torch.Generator())
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    if getattr(accelerator.unwrap_model(model), "checkpointed_buffers", ()):
+        accelerator.register_for_checkpointing(CheckpointedBuffers(lambda: accelerator.unwrap_model(model)))
     # Only the training step runs compiled: evaluation (other shapes, no grad) and saving use the prepared module,
     # which shares the weights, so neither triggers a recompilation nor sees torch.compile's wrapper.
     forward = torch.compile(model, backend=args.compile_backend) if args.compile else model
@@ -515,8 +574,11 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
         accelerator.print(f"resumed from step {state['step']} of {args.max_steps}")
 
     def evaluate(max_blocks):
-        return evaluate_blocks(accelerator.unwrap_model(model), validation_blocks, byte_lengths, args.batch_size,
-                               max_blocks=max_blocks, accelerator=accelerator)
+        try:
+            return evaluate_blocks(accelerator.unwrap_model(model), validation_blocks, byte_lengths, args.batch_size,
+                                   max_blocks=max_blocks, accelerator=accelerator)
+        except NonFiniteLossError as error:
+            raise ValueError(f"step {state['step']}: the held-out evaluation failed: {error}") from None
 
     progress = tqdm(total=args.max_steps, initial=state["step"], desc="training", unit="step",
                     disable=not accelerator.is_local_main_process)
@@ -529,17 +591,30 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
             # The model shifts the labels itself, as in its own loss_function.
             loss = forward(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False).loss
             accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()  # the prepared optimizer and scheduler only step when gradients sync
-            scheduler.step()
+            step_losses.append(loss.detach())
+            if accelerator.sync_gradients:
+                # Every process sees the same mean, so all of them step, skip or stop together.
+                step_loss = accelerator.reduce(torch.stack(step_losses).mean(), reduction="mean").item()
+                step_losses = []
+                if not math.isfinite(step_loss) and not args.skip_nonfinite:
+                    raise ValueError(
+                        f"step {state['step'] + 1}: the training loss is {step_loss} (not finite); "
+                        + (f"{last_checkpoint(output_dir).name} is kept for --resume; "
+                           if last_checkpoint(output_dir) else "") +
+                        "lower --learning_rate or --max_grad_norm, or pass --skip_nonfinite to skip such steps")
+                if math.isfinite(step_loss):
+                    if args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()  # the prepared optimizer and scheduler only step when gradients sync
+                else:
+                    state["skipped_steps"] = state.get("skipped_steps", 0) + 1
+                    tqdm.write(f"step {state['step'] + 1}: training loss {step_loss}, optimizer step skipped "
+                               "(--skip_nonfinite)")
+            scheduler.step()  # the schedule moves on over a skipped step, so the run still ends at max_steps
             optimizer.zero_grad()
         state["batches"] += 1
-        step_losses.append(loss.detach())
         if not accelerator.sync_gradients:
             continue
-        step_loss = accelerator.reduce(torch.stack(step_losses).mean(), reduction="mean").item()
-        step_losses = []
         state["step"] += 1
         state["tokens"] += tokens_per_step
         state["train_seconds"] = seconds_before + time.perf_counter() - start
@@ -556,7 +631,7 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
                 tqdm.write(f"step {state['step']}: held-out {result}")
         out_of_time = args.time_limit is not None and out_of_time_everywhere(accelerator, start, args.time_limit)
         if out_of_time or (args.save_every and state["step"] % args.save_every == 0 and not done):
-            save_checkpoint(accelerator, output_dir, state)
+            save_checkpoint(accelerator, output_dir, state, model)
         if on_step is not None:
             on_step(state["step"], step_loss)
         if done or out_of_time:
@@ -571,7 +646,8 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     metrics = dict(model=args.model, preset=args.preset, parameters=num_parameters, steps=state["step"],
                    tokens=state["tokens"], train_seconds=round(state["train_seconds"], 1),
                    final_eval=final.to_dict(), eval=state["eval"], train_loss=state["train_loss"], args=asdict(args),
-                   num_processes=accelerator.num_processes, **step_timing(step_seconds, args.compile))
+                   num_processes=accelerator.num_processes, skipped_steps=state.get("skipped_steps", 0),
+                   **step_timing(step_seconds, args.compile))
     if args.compile and metrics["compile_seconds"] is not None:
         accelerator.print(f"torch.compile ({args.compile_backend}): {metrics['compile_seconds']:.1f} s of compilation, "
                           f"then {metrics['step_seconds'] * 1e3:.1f} ms per step")
