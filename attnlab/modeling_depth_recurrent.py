@@ -198,6 +198,20 @@ class DepthRecurrentPreTrainedModel(PreTrainedModel):
         elif isinstance(module, DepthRecurrentForCausalLM):
             init.zeros_(module.training_step)
 
+    def _get_resized_embeddings(self, old_embeddings, new_num_tokens=None, pad_to_multiple_of=None,
+                                mean_resizing=True):
+        """transformers resizes `weight` alone; the input delta V is a second table of the same vocabulary, so it is
+        resized with it: kept rows copied, added rows zero (its initial value: a new token's input is E[id])."""
+        delta = getattr(old_embeddings, "delta", None)
+        embeddings = super()._get_resized_embeddings(old_embeddings, new_num_tokens, pad_to_multiple_of, mean_resizing)
+        num_tokens = embeddings.weight.shape[0]
+        if delta is not None and delta.shape[0] != num_tokens:
+            resized = delta.new_zeros(num_tokens, delta.shape[1])
+            kept = min(num_tokens, delta.shape[0])
+            resized[:kept] = delta.detach()[:kept]
+            embeddings.delta = nn.Parameter(resized, requires_grad=delta.requires_grad)
+        return embeddings
+
 
 class DepthRecurrentModel(DepthRecurrentPreTrainedModel):
     def __init__(self, config: DepthRecurrentConfig):
