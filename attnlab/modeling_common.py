@@ -19,7 +19,15 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from torch.nn import functional as F
-from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLayerMixin, StaticLayer
+from transformers.cache_utils import (
+    Cache,
+    DynamicCache,
+    DynamicLayer,
+    LinearAttentionAndFullAttentionLayer,
+    LinearAttentionCacheLayerMixin,
+    LinearAttentionLayer,
+    StaticLayer,
+)
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
@@ -156,6 +164,117 @@ class AttnlabAttention(nn.Module):
 # Recurrent states live in transformers' own linear-attention cache layers (`linear_attention` and `hybrid` slots).
 # They are read from the layer directly: `Cache.get_recurrent_state` answers None until a convolution state has been
 # written, which these mixers never have, so it would silently decode every token from an empty state.
+#
+# Rollback. Assisted decoding verifies several candidate tokens in one forward and then `crop(-n)`s the cache back
+# to the accepted ones; transformers' linear-attention layers roll back convolution states only. While a cache records
+# its past (`Cache.activate_past_recording()`, which assisted decoding and the draft's generate() call), the layers
+# below also keep the recurrent states after every token written since the last `crop`, so `crop(-n)` restores the
+# state of n tokens before, for any n up to that count. They are transformers' layer classes with that one addition,
+# swapped into the slots a model owns on its first forward (`adopt_rollback_layers`); they are not registered
+# under a `_layer_type`, which would replace transformers' classes for every model in the process.
+
+
+class RecurrentStateRollbackMixin:
+    """Per-token recurrent states kept while recording the past, so `crop(-n)` can restore any of them."""
+
+    def start_rollback_tracking(self):
+        # Per state index: chunks [batch, tokens, ...] of the states after each recorded token, and the states
+        # before the first of them (None: the layer was empty then).
+        self.state_history = {i: [] for i in range(self.number_of_states)}
+        self.states_before_history = None
+        self.history_started = False
+
+    @property
+    def recorded_positions(self) -> int:
+        return sum(chunk.shape[1] for chunk in self.state_history[0]) if self.history_started else 0
+
+    @property
+    def is_croppable(self) -> bool:
+        return self.record_past
+
+    def write_states(self, states: list[torch.Tensor], per_token_states) -> None:
+        """Store the states after the call's last token; while recording, also those after each of its tokens,
+        from `per_token_states()` (the same states with a token axis at dim 1)."""
+        if self.record_past:
+            if not self.history_started:
+                initialized = all(self.is_recurrent_states_initialized[i] for i in range(len(states)))
+                self.states_before_history = ([self.recurrent_states[i].clone() for i in range(len(states))]
+                                              if initialized else None)
+                self.history_started = True
+            for state_idx, chunk in enumerate(per_token_states()):
+                self.state_history[state_idx].append(chunk.detach())
+        for state_idx, state in enumerate(states):
+            self.update_recurrent_state(state, state_idx)
+
+    def roll_back_recurrent_states(self, tokens_to_remove: int) -> None:
+        if not self.record_past:
+            raise RuntimeError(
+                f"{type(self).__name__}.crop: this cache does not record its past, so its recurrent states cannot be "
+                "rolled back; call cache.activate_past_recording() before the forward passes to undo"
+            )
+        if tokens_to_remove > 0:
+            raise RuntimeError("linear attention layers are cropped with a negative count (crop(-n) removes n tokens)")
+        remove = -tokens_to_remove
+        recorded = self.recorded_positions
+        if remove > recorded:
+            raise ValueError(
+                f"cannot roll back {remove} positions: the recurrent states of only the last {recorded} positions "
+                "(those written since the last crop while recording the past) are kept"
+            )
+        if remove:
+            keep = recorded - remove
+            for state_idx in range(self.number_of_states):
+                if not self.state_history[state_idx]:
+                    continue
+                if keep:
+                    state = torch.cat(self.state_history[state_idx], dim=1)[:, keep - 1]
+                    self.recurrent_states[state_idx].copy_(state)
+                elif self.states_before_history is not None:
+                    self.recurrent_states[state_idx].copy_(self.states_before_history[state_idx])
+                else:
+                    self.recurrent_states[state_idx].zero_()
+                    self.is_recurrent_states_initialized[state_idx] = False
+        self.start_rollback_tracking()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        super().reorder_cache(beam_idx)
+        self.start_rollback_tracking()  # history rows would no longer match the batch
+
+
+class AttnlabLinearAttentionLayer(RecurrentStateRollbackMixin, LinearAttentionLayer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start_rollback_tracking()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self.roll_back_recurrent_states(tokens_to_remove)
+
+
+class AttnlabLinearAttentionAndFullAttentionLayer(RecurrentStateRollbackMixin, LinearAttentionAndFullAttentionLayer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start_rollback_tracking()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self.roll_back_recurrent_states(tokens_to_remove)
+        DynamicLayer.crop(self, tokens_to_remove)
+
+
+ROLLBACK_LAYER_CLASSES = {
+    LinearAttentionLayer: AttnlabLinearAttentionLayer,
+    LinearAttentionAndFullAttentionLayer: AttnlabLinearAttentionAndFullAttentionLayer,
+}
+
+
+def adopt_rollback_layers(cache: Cache) -> None:
+    """Give every plain linear-attention slot of `cache` the rollback layer of the same kind, keeping its contents."""
+    for idx, layer in enumerate(cache.layers):
+        rollback_class = ROLLBACK_LAYER_CLASSES.get(type(layer))
+        if rollback_class is not None:
+            adopted = rollback_class.__new__(rollback_class)
+            adopted.__dict__.update(layer.__dict__)
+            adopted.start_rollback_tracking()
+            cache.layers[idx] = adopted
 
 
 def read_recurrent_states(cache: Cache | None, cache_idx: int, count: int) -> list[torch.Tensor] | None:
@@ -171,10 +290,22 @@ def read_recurrent_states(cache: Cache | None, cache_idx: int, count: int) -> li
     return [layer.recurrent_states[i] for i in range(count)]
 
 
-def write_recurrent_states(cache: Cache | None, cache_idx: int, states: list[torch.Tensor]) -> None:
-    if cache is not None:
-        for state_idx, state in enumerate(states):
-            cache.layers[cache_idx].update_recurrent_state(state, state_idx)
+def write_recurrent_states(cache: Cache | None, cache_idx: int, states: list[torch.Tensor],
+                           per_token_states=None) -> None:
+    """Store the states after the call's last token in slot `cache_idx`. `per_token_states` is a function returning
+    the states after each of the call's tokens (token axis at dim 1); it is called only while the cache records its
+    past, to make `crop(-n)` possible."""
+    if cache is None:
+        return
+    layer = cache.layers[cache_idx]
+    if isinstance(layer, RecurrentStateRollbackMixin):
+        layer.write_states(states, per_token_states)
+        return
+    if getattr(layer, "record_past", False):
+        raise ValueError(f"cache slot {cache_idx} is a {type(layer).__name__}, which cannot roll back recurrent "
+                         "states; record the past in the DynamicCache(config=model.config) that generate() builds")
+    for state_idx, state in enumerate(states):
+        layer.update_recurrent_state(state, state_idx)
 
 
 def record_length(cache: Cache, num_tokens: int, batch: int, device: torch.device) -> None:
@@ -215,6 +346,8 @@ def prepare_stack_inputs(model, input_ids, inputs_embeds, attention_mask, positi
         cache = DynamicCache(config=model.config)
     else:
         check_cache(cache, model.config)
+    if cache is not None:
+        adopt_rollback_layers(cache)
     past_length = cache.get_seq_length() if cache is not None else 0
     token_mask = tokens_from_attention_mask(attention_mask, inputs_embeds, past_length)
     if position_ids is None:

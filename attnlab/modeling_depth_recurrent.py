@@ -148,8 +148,9 @@ class DepthRecurrentPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["DepthRecurrentBlock"]
     _skip_keys_device_placement = ["past_key_values", "cache"]
-    # The state carry keeps a running sum that cannot be rolled back: no assisted or speculative decoding.
-    _is_stateful = True
+    # The state carry's running sum is rolled back by modeling_common's rollback cache layers, so assisted decoding
+    # is allowed.
+    _is_stateful = False
 
     def _init_weights(self, module):
         """The submission's initialisation: default-drawn matrices, zero output projections and second low-rank
@@ -360,7 +361,7 @@ def running_prefix_mean(x: torch.Tensor, token_mask: torch.Tensor | None, cache:
     if carried is not None:
         sums = sums + carried[0][:, None]
         counts = counts + carried[1][:, None]
-    write_recurrent_states(cache, slot, [sums[:, -1], counts[:, -1]])
+    write_recurrent_states(cache, slot, [sums[:, -1], counts[:, -1]], lambda: [sums, counts])
     return (sums / counts.clamp(min=1)).to(x.dtype)
 
 

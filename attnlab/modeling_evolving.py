@@ -126,7 +126,7 @@ class EvolvingAttention(nn.Module):
             w = self.temporal_weights(position_ids)
             q_evolved, k_evolved = evolve(q.float(), k.float(), w, decay, memory[0] if memory else None,
                                           self.scan_chunk_size, real)
-        write_recurrent_states(cache, cache_idx, [q_evolved[:, :, -1]])
+        write_recurrent_states(cache, cache_idx, [q_evolved[:, :, -1]], lambda: [q_evolved.movedim(2, 1)])
         query, key = q_evolved.to(v.dtype), k_evolved.to(v.dtype)
         if self.q_norm is not None:
             query, key = self.q_norm(query), self.k_norm(key)
@@ -137,7 +137,8 @@ class EvolvingAttention(nn.Module):
 
 class EvolvingPreTrainedModel(AttnlabPreTrainedModel):
     config_class = EvolvingConfig
-    _is_stateful = True  # the memory cannot be rolled back, so no assisted decoding
+    # The memory is rolled back by modeling_common's rollback cache layers, so assisted decoding is allowed.
+    _is_stateful = False
     _supports_sdpa = True  # its attention is SDPA (attn_implementation="sdpa" is accepted)
 
     def _init_weights(self, module):

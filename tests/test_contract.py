@@ -344,13 +344,6 @@ def test_bf16_autocast_at_the_longest_length_is_finite(model):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_stateful_members_refuse_assisted_generation(model, member):
-    if not model._is_stateful:
-        pytest.skip(f"{member.name} keeps a plain KV cache; assisted generation is allowed")
-    with pytest.raises(ValueError, match="not supported with stateful models"):
-        model.generate(random_ids(1, 4), assistant_model=model, max_new_tokens=2, pad_token_id=0)
-
-
 # Registry and cache slots ---------------------------------------------------------------------------------------
 
 
