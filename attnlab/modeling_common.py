@@ -30,7 +30,8 @@ from transformers.cache_utils import (
 )
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.models.llama.modeling_llama import repeat_kv
 
 from .configuration_common import AttnlabConfig
 
@@ -130,12 +131,38 @@ def causal_padding_mask(token_mask: torch.Tensor | None, query_start: int, query
     return allowed
 
 
-def causal_attention(query, key, value, token_mask: torch.Tensor | None, past_length: int) -> torch.Tensor:
-    """Causal softmax attention through SDPA for queries at positions past_length.. over all keys so far."""
-    if token_mask is None and key.shape[2] == query.shape[2]:
-        return F.scaled_dot_product_attention(query, key, value, is_causal=True, enable_gqa=key.shape[1] != query.shape[1])
-    allowed = causal_padding_mask(token_mask, past_length, query.shape[2], key.shape[2], query.device)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, enable_gqa=key.shape[1] != query.shape[1])
+def eager_attention_forward(module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0,
+                            **kwargs):
+    """Llama's eager attention: `attention_mask` is additive [batch or 1, 1, query_len, key_len]."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def causal_attention(module, query, key, value, token_mask: torch.Tensor | None, past_length: int) -> torch.Tensor:
+    """Causal softmax attention for queries at positions past_length.. over all keys so far, through the kernel
+    `module.config._attn_implementation` names in transformers' `ALL_ATTENTION_FUNCTIONS` ("eager", "sdpa",
+    "flex_attention", or one registered by the user). `module` has `config`, `num_key_value_groups` and
+    `is_causal`. Returns [batch, query_len, heads * head_dim]."""
+    implementation = module.config._attn_implementation
+    batch, _, query_len, head_dim = query.shape
+    if implementation == "sdpa" and token_mask is None and key.shape[2] == query_len:
+        attention_mask = None  # SDPA's own causal path
+    else:
+        allowed = causal_padding_mask(token_mask, past_length, query_len, key.shape[2], query.device)
+        if implementation == "sdpa":
+            attention_mask = allowed
+        else:  # eager and flex_attention add the mask to the scores; flex indexes it by batch row
+            attention_mask = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(
+                ~allowed, torch.finfo(query.dtype).min).expand(batch, -1, -1, -1)
+    attention = eager_attention_forward if implementation in (None, "eager") else \
+        ALL_ATTENTION_FUNCTIONS[implementation]
+    out, _ = attention(module, query, key, value, attention_mask, scaling=head_dim**-0.5, dropout=0.0)
+    return out.reshape(batch, query_len, -1)
 
 
 class AttnlabAttention(nn.Module):
@@ -143,7 +170,10 @@ class AttnlabAttention(nn.Module):
 
     def __init__(self, config: AttnlabConfig, layer_idx: int):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
+        self.num_key_value_groups = 1
+        self.is_causal = True
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
@@ -157,7 +187,7 @@ class AttnlabAttention(nn.Module):
         value = split_heads(self.v_proj(hidden_states), self.num_heads)
         if cache is not None:
             key, value = cache.update(key, value, cache_idx)
-        return self.o_proj(merge_heads(causal_attention(query, key, value, token_mask, past_length)))
+        return self.o_proj(causal_attention(self, query, key, value, token_mask, past_length))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -384,6 +414,8 @@ class AttnlabPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["AttnlabDecoderLayer"]
     _skip_keys_device_placement = ["past_key_values", "cache"]
+    # The softmax-attention layers (the `attention` mixer, evolving's) go through ALL_ATTENTION_FUNCTIONS.
+    _supports_sdpa = True
 
     def _init_weights(self, module):
         super()._init_weights(module)

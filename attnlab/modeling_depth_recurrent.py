@@ -35,7 +35,6 @@ from .modeling_common import (
     apply_rotary,
     causal_attention,
     either_cache_name,
-    merge_heads,
     prepare_stack_inputs,
     read_recurrent_states,
     register_for_auto_classes,
@@ -79,7 +78,10 @@ class DepthRecurrentAttention(nn.Module):
 
     def __init__(self, config: DepthRecurrentConfig):
         super().__init__()
+        self.config = config
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads
+        self.is_causal = True
         self.eps = config.rms_norm_eps
         kv_size = config.num_key_value_heads * config.head_dim
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
@@ -101,7 +103,7 @@ class DepthRecurrentAttention(nn.Module):
         k = apply_rotary(k, cos, sin).to(v.dtype)
         if cache is not None:
             k, v = cache.update(k, v, cache_idx)
-        return self.o_proj(merge_heads(causal_attention(q, k, v, token_mask, past_length)))
+        return self.o_proj(causal_attention(self, q, k, v, token_mask, past_length))
 
 
 class DepthRecurrentMLP(nn.Module):
@@ -148,6 +150,7 @@ class DepthRecurrentPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["DepthRecurrentBlock"]
     _skip_keys_device_placement = ["past_key_values", "cache"]
+    _supports_sdpa = True  # its attention goes through ALL_ATTENTION_FUNCTIONS
     # The state carry's running sum is rolled back by modeling_common's rollback cache layers, so assisted decoding
     # is allowed.
     _is_stateful = False

@@ -32,7 +32,6 @@ from .modeling_common import (
     AttnlabRMSNorm,
     causal_attention,
     fp32_region,
-    merge_heads,
     read_recurrent_states,
     register_for_auto_classes,
     split_heads,
@@ -81,7 +80,10 @@ def evolve(q, k, w, decay, memory=None, chunk_size: int = 64, real=None) -> tupl
 class EvolvingAttention(nn.Module):
     def __init__(self, config: EvolvingConfig, layer_idx: int):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
+        self.num_key_value_groups = 1
+        self.is_causal = True
         self.phase_scale = config.evolution_rate * (layer_idx + 1)
         self.decay_mode = config.decay_mode
         self.initial_decay = config.memory_decay
@@ -132,14 +134,13 @@ class EvolvingAttention(nn.Module):
             query, key = self.q_norm(query), self.k_norm(key)
         if cache is not None:
             key, v = cache.update(key, v, cache_idx)
-        return self.o_proj(merge_heads(causal_attention(query, key, v, token_mask, past_length)))
+        return self.o_proj(causal_attention(self, query, key, v, token_mask, past_length))
 
 
 class EvolvingPreTrainedModel(AttnlabPreTrainedModel):
     config_class = EvolvingConfig
     # The memory is rolled back by modeling_common's rollback cache layers, so assisted decoding is allowed.
     _is_stateful = False
-    _supports_sdpa = True  # its attention is SDPA (attn_implementation="sdpa" is accepted)
 
     def _init_weights(self, module):
         super()._init_weights(module)

@@ -6,6 +6,7 @@ import torch
 from transformers import DynamicCache
 
 from attnlab.modeling_common import RecurrentStateRollbackMixin
+from attnlab.modeling_elita import cumulative_softmax, per_token_states
 from tests.conftest import CONTRACT_MODELS
 
 VOCAB, FIRST_TOKEN = 97, 3  # TEST_SIZE; ids 0, 1, 2 are pad, bos, eos
@@ -118,3 +119,36 @@ def test_assisted_greedy_equals_plain_greedy(member, role, partial_rollbacks):
         main, draft = sharp_model(CONTRACT_MODELS["triple_product"], seed=1), model
     torch.testing.assert_close(greedy(main, ids, assistant_model=draft), greedy(main, ids), rtol=0, atol=0)
     assert partial_rollbacks[0] > 0 or member.name == "triple_product"
+
+
+@pytest.mark.parametrize("remove", [2, 6])
+def test_crop_in_a_left_padded_batch(model, remove):
+    """Row 1 is padded for its first 3 positions; the prefill is recorded (as it is when the main model's first call
+    carries candidates), so crop(-6) returns row 1 to a state that has seen only padding."""
+    ids = torch.cat([random_ids(10), random_ids(10, seed=1)])
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    next_token = torch.cat([random_ids(1, seed=2), random_ids(1, seed=3)])
+    cache = DynamicCache(config=model.config)
+    cache.activate_past_recording()
+    with torch.no_grad():
+        model(ids[:, :8], attention_mask=mask[:, :8], cache=cache)
+        cache.crop(-remove)
+        kept = 8 - remove
+        step_mask = torch.cat([mask[:, :kept], torch.ones(2, 1, dtype=mask.dtype)], 1)
+        got = model(next_token, attention_mask=step_mask, cache=cache).logits[:, -1]
+        want = model(torch.cat([ids[:, :kept], next_token], 1), attention_mask=step_mask, use_cache=False).logits[:, -1]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+def test_elita_per_token_states_are_empty_before_the_first_real_token():
+    """Before any real token the recorded state is exactly elita's empty state (-inf, 0, 0), not a log of the
+    clamped zero sum, which a later very negative logit would notice."""
+    cross = torch.tensor([[[float("-inf"), float("-inf"), 0.5, -1.0]]])
+    values = torch.randn(1, 1, 4, 2)
+    start = (torch.full((1, 1), float("-inf")), torch.zeros(1, 1), torch.zeros(1, 1, 2))
+    log_sum, average, _ = cumulative_softmax(cross, values, start, chunk_size=3)
+    m, s, u = per_token_states(start[0], cross, log_sum, average)
+    assert m[0, :2].isneginf().all() and (s[0, :2] == 0).all() and (u[0, :2] == 0).all()
+    torch.testing.assert_close(s[0, 2:], torch.ones(2, 1))
+    torch.testing.assert_close(m[0, 2:, 0], log_sum[0, 0, 2:])
