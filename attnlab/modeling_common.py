@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from torch.nn import functional as F
 from transformers.cache_utils import (
     Cache,
     DynamicCache,
@@ -414,7 +413,8 @@ class AttnlabPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["AttnlabDecoderLayer"]
     _skip_keys_device_placement = ["past_key_values", "cache"]
-    # The softmax-attention layers (the `attention` mixer, evolving's) go through ALL_ATTENTION_FUNCTIONS.
+    # The softmax-attention layers (the `attention` mixer, evolving's) go through ALL_ATTENTION_FUNCTIONS;
+    # triple_product, whose own scores do not, turns this off.
     _supports_sdpa = True
 
     def _init_weights(self, module):

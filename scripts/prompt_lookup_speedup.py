@@ -71,7 +71,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--passage", type=int, default=320)
-    parser.add_argument("--repeat", type=int, default=64, help="bytes of the passage's start repeated as the prompt end")
+    parser.add_argument("--repeat", type=int, default=64,
+                        help="bytes of the passage's start repeated at the end of the prompt")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--lookup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)

@@ -24,7 +24,8 @@ def last_logits(model, ids, cache=None):
 @pytest.mark.parametrize("remove", range(7))
 def test_crop_restores_the_state_of_any_recorded_position(model, remove):
     """Prefill, then 6 candidates in two calls (as a draft writes them), then crop(-remove) and one more token: equal
-    to a full forward over the kept tokens, whether the rollback stays inside the last call or crosses into the first."""
+    to a full forward over the kept tokens, whether the rollback stays inside the last call or crosses into the
+    first."""
     ids, next_token = random_ids(14), random_ids(1, seed=1)
     cache = DynamicCache(config=model.config)
     cache.activate_past_recording()
