@@ -19,11 +19,19 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from torch.nn import functional as F
-from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLayerMixin, StaticLayer
+from transformers.cache_utils import (
+    Cache,
+    DynamicCache,
+    DynamicLayer,
+    LinearAttentionAndFullAttentionLayer,
+    LinearAttentionCacheLayerMixin,
+    LinearAttentionLayer,
+    StaticLayer,
+)
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.models.llama.modeling_llama import repeat_kv
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_common import AttnlabConfig
@@ -124,12 +132,38 @@ def causal_padding_mask(token_mask: torch.Tensor | None, query_start: int, query
     return allowed
 
 
-def causal_attention(query, key, value, token_mask: torch.Tensor | None, past_length: int) -> torch.Tensor:
-    """Causal softmax attention through SDPA for queries at positions past_length.. over all keys so far."""
-    if token_mask is None and key.shape[2] == query.shape[2]:
-        return F.scaled_dot_product_attention(query, key, value, is_causal=True, enable_gqa=key.shape[1] != query.shape[1])
-    allowed = causal_padding_mask(token_mask, past_length, query.shape[2], key.shape[2], query.device)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, enable_gqa=key.shape[1] != query.shape[1])
+def eager_attention_forward(module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0,
+                            **kwargs):
+    """Llama's eager attention: `attention_mask` is additive [batch or 1, 1, query_len, key_len]."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def causal_attention(module, query, key, value, token_mask: torch.Tensor | None, past_length: int) -> torch.Tensor:
+    """Causal softmax attention for queries at positions past_length.. over all keys so far, through the kernel
+    `module.config._attn_implementation` names in transformers' `ALL_ATTENTION_FUNCTIONS` ("eager", "sdpa",
+    "flex_attention", or one registered by the user). `module` has `config`, `num_key_value_groups` and
+    `is_causal`. Returns [batch, query_len, heads * head_dim]."""
+    implementation = module.config._attn_implementation
+    batch, _, query_len, head_dim = query.shape
+    if implementation == "sdpa" and token_mask is None and key.shape[2] == query_len:
+        attention_mask = None  # SDPA's own causal path
+    else:
+        allowed = causal_padding_mask(token_mask, past_length, query_len, key.shape[2], query.device)
+        if implementation == "sdpa":
+            attention_mask = allowed
+        else:  # eager and flex_attention add the mask to the scores; flex indexes it by batch row
+            attention_mask = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(
+                ~allowed, torch.finfo(query.dtype).min).expand(batch, -1, -1, -1)
+    attention = eager_attention_forward if implementation in (None, "eager") else \
+        ALL_ATTENTION_FUNCTIONS[implementation]
+    out, _ = attention(module, query, key, value, attention_mask, scaling=head_dim**-0.5, dropout=0.0)
+    return out.reshape(batch, query_len, -1)
 
 
 class AttnlabAttention(nn.Module):
@@ -140,7 +174,10 @@ class AttnlabAttention(nn.Module):
 
     def __init__(self, config: AttnlabConfig, layer_idx: int):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
+        self.num_key_value_groups = 1
+        self.is_causal = True
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
@@ -154,13 +191,129 @@ class AttnlabAttention(nn.Module):
         value = split_heads(self.v_proj(hidden_states), self.num_heads)
         if cache is not None:
             key, value = cache.update(key, value, cache_idx)
-        return self.o_proj(merge_heads(causal_attention(query, key, value, token_mask, past_length)))
+        return self.o_proj(causal_attention(self, query, key, value, token_mask, past_length))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Recurrent states live in transformers' own linear-attention cache layers (`linear_attention` and `hybrid` slots).
 # They are read from the layer directly: `Cache.get_recurrent_state` answers None until a convolution state has been
 # written, which these mixers never have, so it would silently decode every token from an empty state.
+#
+# Rollback. Assisted decoding verifies several candidate tokens in one forward and then `crop(-n)`s the cache back
+# to the accepted ones; transformers' linear-attention layers roll back convolution states only. While a cache records
+# its past (`Cache.activate_past_recording()`, which assisted decoding and the draft's generate() call), the layers
+# below also keep the recurrent states after every token written since the last `crop`, so `crop(-n)` restores the
+# state of n tokens before, for any n up to that count. They are transformers' layer classes with that one addition,
+# swapped into the slots a model owns on its first forward (`adopt_rollback_layers`); they are not registered
+# under a `_layer_type`, which would replace transformers' classes for every model in the process.
+
+
+class RecurrentStateRollbackMixin:
+    """Per-token recurrent states kept while recording the past, so `crop(-n)` can restore any of them."""
+
+    def start_rollback_tracking(self):
+        # Per state index: chunks [batch, tokens, ...] of the states after each recorded token, and the states
+        # before the first of them (None: the layer was empty then).
+        self.state_history = {i: [] for i in range(self.number_of_states)}
+        self.states_before_history = None
+        self.history_started = False
+
+    @property
+    def recorded_positions(self) -> int:
+        return sum(chunk.shape[1] for chunk in self.state_history[0]) if self.history_started else 0
+
+    @property
+    def is_croppable(self) -> bool:
+        return self.record_past
+
+    def write_states(self, states: list[torch.Tensor], per_token_states) -> None:
+        """Store the states after the call's last token; while recording, also those after each of its tokens,
+        from `per_token_states()` (the same states with a token axis at dim 1)."""
+        if self.record_past:
+            if per_token_states is None:
+                raise ValueError(
+                    "this mixer wrote its recurrent states without `per_token_states`, so they cannot be rolled back "
+                    "for assisted decoding; pass write_recurrent_states(cache, cache_idx, states, per_token_states) "
+                    "and set supports_state_rollback = True on the mixer class (docs/mixers.md)")
+            if not self.history_started:
+                initialized = all(self.is_recurrent_states_initialized[i] for i in range(len(states)))
+                self.states_before_history = ([self.recurrent_states[i].clone() for i in range(len(states))]
+                                              if initialized else None)
+                self.history_started = True
+            for state_idx, chunk in enumerate(per_token_states()):
+                self.state_history[state_idx].append(chunk.detach())
+        for state_idx, state in enumerate(states):
+            self.update_recurrent_state(state, state_idx)
+
+    def roll_back_recurrent_states(self, tokens_to_remove: int) -> None:
+        if not self.record_past:
+            raise RuntimeError(
+                f"{type(self).__name__}.crop: this cache does not record its past, so its recurrent states cannot be "
+                "rolled back; call cache.activate_past_recording() before the forward passes to undo"
+            )
+        if tokens_to_remove > 0:
+            raise RuntimeError("linear attention layers are cropped with a negative count (crop(-n) removes n tokens)")
+        remove = -tokens_to_remove
+        recorded = self.recorded_positions
+        if remove > recorded:
+            raise ValueError(
+                f"cannot roll back {remove} positions: the recurrent states of only the last {recorded} positions "
+                "(those written since the last crop while recording the past) are kept"
+            )
+        if remove:
+            keep = recorded - remove
+            for state_idx in range(self.number_of_states):
+                if not self.state_history[state_idx]:
+                    continue
+                if keep:
+                    state = torch.cat(self.state_history[state_idx], dim=1)[:, keep - 1]
+                    self.recurrent_states[state_idx].copy_(state)
+                elif self.states_before_history is not None:
+                    self.recurrent_states[state_idx].copy_(self.states_before_history[state_idx])
+                else:
+                    self.recurrent_states[state_idx].zero_()
+                    self.is_recurrent_states_initialized[state_idx] = False
+        self.start_rollback_tracking()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        super().reorder_cache(beam_idx)
+        self.start_rollback_tracking()  # history rows would no longer match the batch
+
+
+class AttnlabLinearAttentionLayer(RecurrentStateRollbackMixin, LinearAttentionLayer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start_rollback_tracking()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self.roll_back_recurrent_states(tokens_to_remove)
+
+
+class AttnlabLinearAttentionAndFullAttentionLayer(RecurrentStateRollbackMixin, LinearAttentionAndFullAttentionLayer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start_rollback_tracking()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self.roll_back_recurrent_states(tokens_to_remove)
+        DynamicLayer.crop(self, tokens_to_remove)
+
+
+ROLLBACK_LAYER_CLASSES = {
+    LinearAttentionLayer: AttnlabLinearAttentionLayer,
+    LinearAttentionAndFullAttentionLayer: AttnlabLinearAttentionAndFullAttentionLayer,
+}
+
+
+def adopt_rollback_layers(cache: Cache) -> None:
+    """Give every plain linear-attention slot of `cache` the rollback layer of the same kind, keeping its contents."""
+    for idx, layer in enumerate(cache.layers):
+        rollback_class = ROLLBACK_LAYER_CLASSES.get(type(layer))
+        if rollback_class is not None:
+            adopted = rollback_class.__new__(rollback_class)
+            adopted.__dict__.update(layer.__dict__)
+            adopted.start_rollback_tracking()
+            cache.layers[idx] = adopted
 
 
 def read_recurrent_states(cache: Cache | None, cache_idx: int, count: int) -> list[torch.Tensor] | None:
@@ -176,10 +329,22 @@ def read_recurrent_states(cache: Cache | None, cache_idx: int, count: int) -> li
     return [layer.recurrent_states[i] for i in range(count)]
 
 
-def write_recurrent_states(cache: Cache | None, cache_idx: int, states: list[torch.Tensor]) -> None:
-    if cache is not None:
-        for state_idx, state in enumerate(states):
-            cache.layers[cache_idx].update_recurrent_state(state, state_idx)
+def write_recurrent_states(cache: Cache | None, cache_idx: int, states: list[torch.Tensor],
+                           per_token_states=None) -> None:
+    """Store the states after the call's last token in slot `cache_idx`. `per_token_states` is a function returning
+    the states after each of the call's tokens (token axis at dim 1); it is called only while the cache records its
+    past, to make `crop(-n)` possible."""
+    if cache is None:
+        return
+    layer = cache.layers[cache_idx]
+    if isinstance(layer, RecurrentStateRollbackMixin):
+        layer.write_states(states, per_token_states)
+        return
+    if getattr(layer, "record_past", False):
+        raise ValueError(f"cache slot {cache_idx} is a {type(layer).__name__}, which cannot roll back recurrent "
+                         "states; record the past in the DynamicCache(config=model.config) that generate() builds")
+    for state_idx, state in enumerate(states):
+        layer.update_recurrent_state(state, state_idx)
 
 
 def record_length(cache: Cache, num_tokens: int, batch: int, device: torch.device) -> None:
@@ -220,6 +385,8 @@ def prepare_stack_inputs(model, input_ids, inputs_embeds, attention_mask, positi
         cache = DynamicCache(config=model.config)
     else:
         check_cache(cache, model.config)
+    if cache is not None:
+        adopt_rollback_layers(cache)
     past_length = cache.get_seq_length() if cache is not None else 0
     token_mask = tokens_from_attention_mask(attention_mask, inputs_embeds, past_length)
     if position_ids is None:
@@ -257,6 +424,9 @@ class AttnlabPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["AttnlabDecoderLayer"]
     _skip_keys_device_placement = ["past_key_values", "cache"]
+    # The softmax-attention layers (the `attention` mixer, evolving's) go through ALL_ATTENTION_FUNCTIONS;
+    # triple_product, whose own scores do not, turns this off.
+    _supports_sdpa = True
 
     def _init_weights(self, module):
         super()._init_weights(module)

@@ -36,7 +36,6 @@ from .modeling_common import (
     apply_rotary,
     causal_attention,
     either_cache_name,
-    merge_heads,
     output_hidden_states_of,
     prepare_stack_inputs,
     read_recurrent_states,
@@ -84,8 +83,11 @@ class DepthRecurrentAttention(nn.Module):
 
     def __init__(self, config: DepthRecurrentConfig, layer_idx: int | None = None):
         super().__init__()
+        self.config = config  # the attention interface reads its _attn_implementation
         self.query_gain_init, self.zero_init_output = config.query_gain_init, config.zero_init_output_projections
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads
+        self.is_causal = True
         self.eps = config.rms_norm_eps
         kv_size = config.num_key_value_heads * config.head_dim
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
@@ -112,7 +114,7 @@ class DepthRecurrentAttention(nn.Module):
         k = apply_rotary(k, cos, sin).to(v.dtype)
         if cache is not None:
             k, v = cache.update(k, v, cache_idx)
-        return self.o_proj(merge_heads(causal_attention(q, k, v, token_mask, past_length)))
+        return self.o_proj(causal_attention(self, q, k, v, token_mask, past_length))
 
 
 class DepthRecurrentMLP(nn.Module):
@@ -159,8 +161,10 @@ class DepthRecurrentPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["DepthRecurrentBlock"]
     _skip_keys_device_placement = ["past_key_values", "cache"]
-    # The state carry keeps a running sum that cannot be rolled back: no assisted or speculative decoding.
-    _is_stateful = True
+    _supports_sdpa = True  # its attention goes through ALL_ATTENTION_FUNCTIONS
+    # The state carry's running sum is rolled back by modeling_common's rollback cache layers, so assisted decoding
+    # is allowed.
+    _is_stateful = False
 
     def _init_weights(self, module):
         """The submission's initialisation: default-drawn matrices, zero output projections and second low-rank
@@ -206,6 +210,20 @@ class DepthRecurrentPreTrainedModel(PreTrainedModel):
                         init.zeros_(low_rank.up.weight)
         elif isinstance(module, DepthRecurrentForCausalLM):
             init.zeros_(module.training_step)
+
+    def _get_resized_embeddings(self, old_embeddings, new_num_tokens=None, pad_to_multiple_of=None,
+                                mean_resizing=True):
+        """transformers resizes `weight` alone; the input delta V is a second table of the same vocabulary, so it is
+        resized with it: kept rows copied, added rows zero (its initial value: a new token's input is E[id])."""
+        delta = getattr(old_embeddings, "delta", None)
+        embeddings = super()._get_resized_embeddings(old_embeddings, new_num_tokens, pad_to_multiple_of, mean_resizing)
+        num_tokens = embeddings.weight.shape[0]
+        if delta is not None and delta.shape[0] != num_tokens:
+            resized = delta.new_zeros(num_tokens, delta.shape[1])
+            kept = min(num_tokens, delta.shape[0])
+            resized[:kept] = delta.detach()[:kept]
+            embeddings.delta = nn.Parameter(resized, requires_grad=delta.requires_grad)
+        return embeddings
 
 
 class DepthRecurrentModel(DepthRecurrentPreTrainedModel):
@@ -359,7 +377,7 @@ def running_prefix_mean(x: torch.Tensor, token_mask: torch.Tensor | None, cache:
     if carried is not None:
         sums = sums + carried[0][:, None]
         counts = counts + carried[1][:, None]
-    write_recurrent_states(cache, slot, [sums[:, -1], counts[:, -1]])
+    write_recurrent_states(cache, slot, [sums[:, -1], counts[:, -1]], lambda: [sums, counts])
     return (sums / counts.clamp(min=1)).to(x.dtype)
 
 

@@ -77,6 +77,15 @@ def cumulative_softmax(cross: torch.Tensor, values: torch.Tensor, state: tuple, 
     return torch.cat(log_sums, -1), torch.cat(averages, -2), (running_max, sums, value_sums)
 
 
+def per_token_states(running_max, cross, log_sum, average) -> list[torch.Tensor]:
+    """The (m, s, u) state after every token, token axis at dim 1, for rolling a cache back. The state is defined up
+    to a common shift of m (s and u scale by e^-shift), so each token's is taken relative to m = log S: s = 1 and
+    u = A; before the first real token it is the empty state (-inf, 0, 0)."""
+    seen = torch.maximum(running_max[..., None], cross.cummax(-1).values) > float("-inf")
+    m = torch.where(seen, log_sum, float("-inf"))
+    return [m.movedim(-1, 1), seen.to(log_sum.dtype).movedim(-1, 1), average.movedim(2, 1)]
+
+
 class ElitaAttention(nn.Module):
     """Attention2, multi-head, with the output projection."""
 
@@ -84,6 +93,7 @@ class ElitaAttention(nn.Module):
     # e^{cross - max} v (recurrent states 0, 1, 2 of a transformers linear-attention cache layer).
     cache_kind = "linear_attention"
     num_recurrent_states = 3
+    supports_state_rollback = True  # per-token states for assisted decoding (write_recurrent_states)
 
     def __init__(self, config: ElitaConfig, layer_idx: int):
         super().__init__()
@@ -129,8 +139,9 @@ class ElitaAttention(nn.Module):
             values = values.float()
 
             state = read_recurrent_states(cache, cache_idx, 3) or self.empty_state(batch, values.shape[-1], values.device)
-            log_sum, average, state = cumulative_softmax(cross, values, tuple(state), self.chunk_size)
-            write_recurrent_states(cache, cache_idx, list(state))
+            log_sum, average, new_state = cumulative_softmax(cross, values, tuple(state), self.chunk_size)
+            write_recurrent_states(cache, cache_idx, list(new_state),
+                                   lambda: per_token_states(state[0], cross, log_sum, average))
 
             history = torch.sigmoid(gate + log_sum - self_logit)[..., None]  # the self gate sigma_i
             out = history * average + (1 - history) * values
@@ -166,7 +177,9 @@ class ElitaLogitFeedForward(nn.Module):
 
 class ElitaPreTrainedModel(AttnlabPreTrainedModel):
     config_class = ElitaConfig
-    _is_stateful = True  # a fixed-size state per layer, which cannot be rolled back: no assisted decoding
+    # A fixed-size state per layer, which transformers' cache cannot roll back; attnlab's cache layers can
+    # (modeling_common's rollback layers), so assisted decoding is allowed.
+    _is_stateful = False
 
     def _init_weights(self, module):
         super()._init_weights(module)

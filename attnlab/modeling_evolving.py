@@ -32,7 +32,6 @@ from .modeling_common import (
     AttnlabRMSNorm,
     causal_attention,
     fp32_region,
-    merge_heads,
     read_recurrent_states,
     register_for_auto_classes,
     split_heads,
@@ -82,10 +81,14 @@ class EvolvingAttention(nn.Module):
     # Keys and values of the evolved keys, plus the memory m_{t-1} as recurrent state 0: a hybrid cache layer.
     cache_kind = "hybrid"
     num_recurrent_states = 1
+    supports_state_rollback = True  # per-token states for assisted decoding (write_recurrent_states)
 
     def __init__(self, config: EvolvingConfig, layer_idx: int):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
+        self.num_key_value_groups = 1
+        self.is_causal = True
         self.phase_scale = config.evolution_rate * (layer_idx + 1)
         self.decay_mode = config.decay_mode
         self.initial_decay = config.memory_decay
@@ -134,19 +137,19 @@ class EvolvingAttention(nn.Module):
             w = self.temporal_weights(position_ids)
             q_evolved, k_evolved = evolve(q.float(), k.float(), w, decay, memory[0] if memory else None,
                                           self.scan_chunk_size, real)
-        write_recurrent_states(cache, cache_idx, [q_evolved[:, :, -1]])
+        write_recurrent_states(cache, cache_idx, [q_evolved[:, :, -1]], lambda: [q_evolved.movedim(2, 1)])
         query, key = q_evolved.to(v.dtype), k_evolved.to(v.dtype)
         if self.q_norm is not None:
             query, key = self.q_norm(query), self.k_norm(key)
         if cache is not None:
             key, v = cache.update(key, v, cache_idx)
-        return self.o_proj(merge_heads(causal_attention(query, key, v, token_mask, past_length)))
+        return self.o_proj(causal_attention(self, query, key, v, token_mask, past_length))
 
 
 class EvolvingPreTrainedModel(AttnlabPreTrainedModel):
     config_class = EvolvingConfig
-    _is_stateful = True  # the memory cannot be rolled back, so no assisted decoding
-    _supports_sdpa = True  # its attention is SDPA (attn_implementation="sdpa" is accepted)
+    # The memory is rolled back by modeling_common's rollback cache layers, so assisted decoding is allowed.
+    _is_stateful = False
 
 
 class EvolvingModel(EvolvingPreTrainedModel, AttnlabModel):

@@ -40,8 +40,11 @@ class MixerStackPreTrainedModel(AttnlabPreTrainedModel):
 
     def __init__(self, config: MixerStackConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
-        # A recurrent state cannot be rolled back to a rejected draft token: transformers refuses assisted decoding.
-        self._is_stateful = any(spec.num_recurrent_states for spec in config.mixer_specs())
+        # Assisted decoding rolls recurrent states back to the accepted tokens, which a mixer supports by giving its
+        # per-token states (write_recurrent_states' per_token_states) and saying so; transformers refuses assisted
+        # decoding for a stack with any other stateful mixer.
+        self._is_stateful = any(spec.num_recurrent_states and not getattr(spec.mixer_class, "supports_state_rollback",
+                                                                          False) for spec in config.mixer_specs())
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         if kwargs.get("push_to_hub"):

@@ -156,6 +156,8 @@ class TripleProductAttention(nn.Module):
 
 class TripleProductPreTrainedModel(AttnlabPreTrainedModel):
     config_class = TripleProductConfig
+    # Its Gram scores are not a dot product, so it is not SDPA: attention layers in its stack run eager.
+    _supports_sdpa = False
 
 
 class TripleProductModel(TripleProductPreTrainedModel, AttnlabModel):

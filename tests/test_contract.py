@@ -204,13 +204,6 @@ def test_inconsistent_config_values_are_rejected(member):
 # Assisted generation --------------------------------------------------------------------------------------------
 
 
-def test_stateful_members_refuse_assisted_generation(model, member):
-    if not model._is_stateful:
-        pytest.skip(f"{member.name} keeps a plain KV cache; assisted generation is allowed")
-    with pytest.raises(ValueError, match="not supported with stateful models"):
-        model.generate(random_ids(1, 4), assistant_model=model, max_new_tokens=2, pad_token_id=0)
-
-
 # Registry and cache slots ---------------------------------------------------------------------------------------
 
 

@@ -45,6 +45,7 @@ class Retention(nn.Module):
 
     cache_kind = "linear_attention"
     num_recurrent_states = 1
+    supports_state_rollback = True  # it gives the state after every token while the cache records (assisted decoding)
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
@@ -72,8 +73,16 @@ class Retention(nn.Module):
         if token_mask is not None:  # padding never enters the state
             k = k * token_mask[:, None, -length:, None]
         state = read_recurrent_states(cache, cache_idx, 1)
-        out, state = retention_chunkwise(q.float(), k.float(), v, self.gamma.float(), state[0] if state else None,
-                                         self.chunk_size)
-        write_recurrent_states(cache, cache_idx, [state])
+        start = state[0] if state else None
+        out, state = retention_chunkwise(q.float(), k.float(), v, self.gamma.float(), start, self.chunk_size)
+
+        def states_after_each_token():  # the recurrent form, token by token: only while assisted decoding verifies
+            s, states = start if start is not None else torch.zeros_like(state), []
+            for t in range(length):
+                s = self.gamma[None, :, None, None] * s + k[:, :, t, :, None].float() * v[:, :, t, None, :]
+                states.append(s)
+            return [torch.stack(states, dim=1)]
+
+        write_recurrent_states(cache, cache_idx, [state], states_after_each_token)
         out = self.group_norm(merge_heads(out).reshape(batch * length, width)).view(batch, length, width)
         return self.o_proj(F.silu(self.g_proj(hidden_states)) * out.to(hidden_states.dtype))
