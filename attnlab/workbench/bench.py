@@ -37,7 +37,7 @@ from ..members import HYBRIDS, MEMBERS, get_member
 from ..modeling_common import CACHE_FIELD
 from . import bench_subnormal
 from .benchmarking import (bf16_autocast_is_fast, isolated, load_average, machine_description, machine_facts,
-                           markdown_table, measure, plot_series)
+                           markdown_table, measure, peak_fraction_section, plot_series)
 from .subnormals import workbench_flush
 
 BASELINE = "llama"
@@ -273,6 +273,7 @@ def speed(args, info: dict) -> dict:
 
     medians = median_rounds(records)
     sections, out = speed_tables(args, info, medians, precisions), Path(args.output_dir)
+    sections.append(peak_fraction_section(medians))
     sections += skipped + [f"Left out (failed): {s['label']} {s['kind']} T={s['seq_len']}"
                            for s in skipped_measurements]
     out.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ def short_training(model, steps: int, batch_size: int, seq_len: int, lr: float =
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
@@ -104,7 +104,7 @@ def subnormal_section(args, info: dict) -> dict:
     # One thread: torch.set_flush_denormal sets the calling thread's mode only, not that of running worker threads.
     torch.set_num_threads(1)
     values = _preset_values(args.preset, vocab_size=256)
-    values["max_position_embeddings"] = args.seq_len
+    values["max_position_embeddings"] = max(args.seq_len, args.train_length)
     overrides, counts = shape_overrides(args.models, values, args.llama_match)
     ids = next(shakespeare_batches(args.batch_size, args.seq_len, seed=1))
     records, rows = [], []

@@ -464,6 +464,25 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def peak_fraction_section(records: list[dict]) -> str:
+    """A speed report's table of achieved FLOP/s (counted from the shapes) as a share of the fp32 matmul peak that
+    each measuring process found: one row per preset, precision, kind and model, one column per length."""
+    rows, lengths = {}, sorted({r["seq_len"] for r in records if r.get("flops")})
+    for r in records:
+        if r.get("flops"):
+            key = (r.get("preset"), r.get("precision"), r["kind"], r.get("label", r["model"]))
+            rows.setdefault(key, {})[r["seq_len"]] = (f"{r['achieved_flops_per_s'] / 1e9:.3g} "
+                                                      f"({r['peak_fraction']:.1%})")
+    if not rows:
+        return "No FLOP counts in these records."
+    peaks = [r["matmul_peak_flops_per_s"] for r in records if r.get("matmul_peak_flops_per_s")]
+    return (f"Achieved GFLOP/s (matmuls and attention counted from the shapes; the causal mask halves attention) and, "
+            f"in brackets, its share of the fp32 matmul peak measured in the same process ({min(peaks) / 1e9:.0f}-"
+            f"{max(peaks) / 1e9:.0f} GFLOP/s over the processes):\n\n"
+            + markdown_table(["preset", "precision", "kind", "model", *[f"T={T}" for T in lengths]],
+                             [[*key, *[cells.get(T, "-") for T in lengths]] for key, cells in rows.items()]))
+
+
 def save_report(name: str, markdown: str, records: list[Measurement], directory: str = "docs/benchmarks") -> Path:
     """Write `<name>.md` (the table, with the machine) and `<name>.json` (every measurement) under `directory`."""
     out = Path(directory)

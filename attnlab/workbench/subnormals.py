@@ -8,7 +8,9 @@ microcode assist, ~100x an ordinary one, unless the thread flushes them (`torch.
 `count_attention_subnormals` counts them where SDPA's flash kernel meets them: in the probabilities P of the forward
 pass and in the score gradients dS = P * (dO V^T - rowsum(dO * O)) of the backward pass, plus the gradients SDPA
 returns for q, k and v. P and dS are recomputed for counting from SDPA's inputs in log space, so the count is the
-same whether or not this thread flushes subnormals (flushed arithmetic would turn them into zeros and hide them).
+same whether or not this thread flushes subnormals (flushed arithmetic would turn them into zeros and hide them): it
+measures the cause. The `computed_*` counts are of the same P and dS as this thread's fp32 arithmetic produces them
+(exp of the log-probabilities, then the product): zero when it flushes subnormals, the values a kernel meets.
 """
 
 import contextlib
@@ -20,7 +22,8 @@ from torch.nn import functional as F
 
 FP32 = torch.finfo(torch.float32)
 LOG_TINY = math.log(FP32.tiny)  # below this, an fp32 value is subnormal ...
-LOG_SMALLEST = math.log(FP32.smallest_normal * FP32.eps)  # ... down to the smallest subnormal, 2^-149; then zero
+# ... down to half the smallest subnormal (2^-149), which rounds up to it; below that, zero
+LOG_SMALLEST = math.log(FP32.smallest_normal * FP32.eps / 2)
 
 
 def flush_denormal_enabled() -> bool:
@@ -82,8 +85,10 @@ class AttentionSubnormals:
     calls: int = 0
     probabilities: int = 0
     subnormal_probabilities: int = 0
-    underflowed_probabilities: int = 0  # below 2^-149: exactly 0 in fp32, harmless
+    underflowed_probabilities: int = 0  # below 2^-150: exactly 0 in fp32, harmless
     subnormal_score_gradients: int = 0
+    computed_subnormal_probabilities: int = 0  # as this thread's fp32 arithmetic (flushing or not) produces them
+    computed_subnormal_score_gradients: int = 0
     input_gradients: int = 0
     subnormal_input_gradients: int = 0
     log_score_range: list = field(default_factory=list)  # per call: max over rows of (row max - row min) of q.k*scale
@@ -132,6 +137,7 @@ def _count_forward(counts: AttentionSubnormals, query, key, attn_mask, is_causal
     counts.probabilities += int(allowed.expand_as(log_p).sum()) if allowed is not None else log_p.numel()
     counts.subnormal_probabilities += _log_subnormal(log_p[live])
     counts.underflowed_probabilities += int((log_p[live] < LOG_SMALLEST).sum())
+    counts.computed_subnormal_probabilities += count_subnormal(torch.exp(log_p))
     finite = torch.where(live, scores, torch.nan)
     spread = finite.nan_to_num(nan=-math.inf).amax(-1) - finite.nan_to_num(nan=math.inf).amin(-1)
     counts.log_score_range.append(round(float(spread.amax()), 1))
@@ -150,6 +156,7 @@ def _count_backward(counts: AttentionSubnormals, query, key, value, output, grad
     log_ds = log_p + torch.log((d_p - delta).abs())
     live = torch.isfinite(log_ds)
     counts.subnormal_score_gradients += _log_subnormal(log_ds[live])
+    counts.computed_subnormal_score_gradients += count_subnormal(torch.exp(log_p) * (d_p - delta))
 
 
 def _counting_sdpa(original, counts: AttentionSubnormals, head_chunk: int):
