@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.utils._python_dispatch
 
 from ..modeling_common import CACHE_FIELD
 
@@ -107,13 +108,31 @@ def _sdpa_flops(query, key, is_causal: bool) -> float:
     return 4 * batch * heads * pairs * dim
 
 
+class _ShapeFlops(torch.utils._python_dispatch.TorchDispatchMode):
+    """Sums torch.utils.flop_counter's per-op formulas (matmuls, convolutions) over the ops run. FlopCounterMode itself
+    also tracks modules, with hooks that fail on tensors requiring grad under no_grad (depth_recurrent's forward)."""
+
+    def __init__(self):
+        super().__init__()
+        from torch.utils.flop_counter import flop_registry
+
+        self.registry, self.total = flop_registry, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self.registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
 @contextlib.contextmanager
 def count_flops():
-    """Yields a dict whose "total" is the FLOPs run inside the block, counted from shapes: torch's FlopCounterMode
-    (matmuls, convolutions) plus SDPA on CPU, which FlopCounterMode does not count: its forward as `_sdpa_flops`,
-    its backward twice that (dQ, dK, dV and dP)."""
+    """Yields a dict whose "total" is the FLOPs run inside the block, counted from shapes: torch.utils.flop_counter's
+    formulas (matmuls, convolutions) plus SDPA on CPU, which they do not count: its forward as `_sdpa_flops`, its
+    backward twice that (dQ, dK, dV and dP)."""
     from torch.nn import functional as F
-    from torch.utils.flop_counter import FlopCounterMode
 
     extra = {"sdpa": 0.0}
     original = F.scaled_dot_product_attention
@@ -130,11 +149,11 @@ def count_flops():
     result = {}
     F.scaled_dot_product_attention = counted
     try:
-        with FlopCounterMode(display=False) as counter:
+        with _ShapeFlops() as counter:
             yield result
     finally:
         F.scaled_dot_product_attention = original
-    result["total"] = counter.get_total_flops() + extra["sdpa"]
+    result["total"] = counter.total + extra["sdpa"]
 
 
 def training_flops(model, ids: torch.Tensor) -> float:
