@@ -6,6 +6,7 @@ short training run. Writes results/subnormals-study.{json,md}.
 """
 
 import argparse
+import shlex
 import json
 import os
 import sys
@@ -55,22 +56,24 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="small")
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
-    parser.add_argument("--timed-lengths", type=int, nargs="+", default=[1024])
+    parser.add_argument("--timed-lengths", type=int, nargs="*", default=[1024])
     parser.add_argument("--train-steps", type=int, default=150)
     parser.add_argument("--train-length", type=int, default=256)
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output-dir", default="results")
+    parser.add_argument("--variants", nargs="+", default=["evolving", "evolving qk_norm", "llama"])
+    parser.add_argument("--name", default="subnormals-study")
     args = parser.parse_args()
     torch.set_num_threads(1)
     info = run_info(["(scripts/subnormal_study.py)", *sys.argv[1:]])
-    info["command"] = "OMP_NUM_THREADS=1 python scripts/subnormal_study.py " + " ".join(sys.argv[1:])
+    info["command"] = "OMP_NUM_THREADS=1 python scripts/subnormal_study.py " + shlex.join(sys.argv[1:])
     values = dict(_preset_values(args.preset, 256), max_position_embeddings=max(*args.lengths, args.train_length))
     variants = {"evolving": ("evolving", {}), "evolving qk_norm": ("evolving", {"qk_norm": True}),
                 "llama": ("llama", {})}
     overrides, _ = shape_overrides(["evolving", "llama"], values, "params")
     records, rows, mag_rows = [], [], []
-    for label, (name, extra) in variants.items():
+    for label, (name, extra) in ((label, variants[label]) for label in args.variants):
         model = build_model(name, {**values, **overrides[name], **extra}, seed=0)
         losses = []
         for stage in ("init", "trained"):
@@ -119,7 +122,7 @@ def main():
                         "fraction", "subnormal dq,dk,dv",
                         "computed P / dS, kept", "computed P / dS, flushed", "step ms kept / flushed", "final train loss"], rows),
     ]
-    write_report(Path(args.output_dir), "subnormals-study", info, vars(args), dict(records=records), sections,
+    write_report(Path(args.output_dir), args.name, info, vars(args), dict(records=records), sections,
                  quick=False)
 
 

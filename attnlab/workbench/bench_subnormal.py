@@ -134,8 +134,9 @@ def subnormal_section(args, info: dict) -> dict:
         f"Preset `{args.preset}`, T = {args.seq_len}, batch {args.batch_size}, one thread; "
         f"training step = forward + backward; median of {args.rounds} interleaved rounds x {args.repeats} steps per "
         f"setting, in CPU time of the process. Flagged: step time changes by more than {args.max_change:.0%} when subnormals are flushed, or "
-        f"more than {args.max_fraction:g} of the SDPA probabilities or score gradients are subnormal. `trained`: "
-        f"after {args.train_steps} AdamW steps (lr 3e-3) on Shakespeare bytes at T = {args.train_length}.",
+        f"more than {args.max_fraction:g} of the SDPA probabilities or score gradients are subnormal."
+        + (f" `trained`: after {args.train_steps} AdamW steps (lr 3e-3) on Shakespeare bytes at T = "
+           f"{args.train_length}." if args.train_steps else ""),
         markdown_table(["model", "stage", "kept ms", "flushed ms", "kept / flushed - 1", "subnormal P",
                         "subnormal dS", "max score range", "check"], rows),
         f"**Flagged: {', '.join(flagged)}.**" if flagged else "No model flagged.",

@@ -66,10 +66,17 @@ def flush_denormal(enabled: bool):
         torch.set_flush_denormal(previous)
 
 
+# dtype -> (integer view, sign mask, bits of the smallest normal magnitude)
+_BITS = {torch.float32: (torch.int32, 0x7FFFFFFF, 0x00800000), torch.float64: (torch.int64, 2**63 - 1, 2**52),
+         torch.bfloat16: (torch.int16, 0x7FFF, 0x0080), torch.float16: (torch.int16, 0x7FFF, 0x0400)}
+
+
 def count_subnormal(tensor: torch.Tensor) -> int:
-    """Elements of a floating tensor that are subnormal (non-zero and below the smallest normal of its dtype)."""
-    magnitude = tensor.detach().abs()
-    return int(((magnitude > 0) & (magnitude < torch.finfo(tensor.dtype).tiny)).sum())
+    """Elements of a floating tensor that are subnormal (non-zero and below the smallest normal of its dtype). Read
+    from the bits, not by arithmetic, which a thread that flushes subnormals would see as zeros."""
+    view, sign, smallest_normal = _BITS[tensor.dtype]
+    magnitude = tensor.detach().contiguous().view(view) & sign
+    return int(((magnitude > 0) & (magnitude < smallest_normal)).sum())
 
 
 def _log_subnormal(log_magnitude: torch.Tensor) -> int:
@@ -137,7 +144,9 @@ def _count_forward(counts: AttentionSubnormals, query, key, attn_mask, is_causal
     counts.probabilities += int(allowed.expand_as(log_p).sum()) if allowed is not None else log_p.numel()
     counts.subnormal_probabilities += _log_subnormal(log_p[live])
     counts.underflowed_probabilities += int((log_p[live] < LOG_SMALLEST).sum())
-    counts.computed_subnormal_probabilities += count_subnormal(torch.exp(log_p))
+    # exp builds its result from bits, so flush-to-zero applies from the next arithmetic operation on: the value a
+    # kernel's multiply reads
+    counts.computed_subnormal_probabilities += count_subnormal(torch.exp(log_p) * 1.0)
     finite = torch.where(live, scores, torch.nan)
     spread = finite.nan_to_num(nan=-math.inf).amax(-1) - finite.nan_to_num(nan=math.inf).amin(-1)
     counts.log_score_range.append(round(float(spread.amax()), 1))
