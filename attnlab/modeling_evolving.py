@@ -17,6 +17,15 @@ at long contexts) run in fp32, also under bf16 autocast.
 Positions come from `position_ids` and padded positions contribute nothing to the memory, so a left-padded row
 evolves exactly like the same row unpadded. Decoding keeps k~ and v as the keys and values of a transformers `hybrid`
 cache layer (k~_t never changes once written) and the memory m_{t-1} as its recurrent state.
+
+Subnormals on CPU: the memory sums the sine terms (RMS 0.7, against 0.32 for the projected q and k at init and width
+256) with a gain of up to 1 / (1 - decay), so q~ and k~ are 6-13x larger than Llama's q and k at init and the scores
+q~.k~/sqrt(d) of one row span well over 100 at head_dim 64. About a tenth of the softmax probabilities (and more of the score gradients)
+then fall below 1.2e-38, into fp32's subnormal range: they change no result, but on many Intel CPUs each operation on
+one is ~100x slower, which makes a training step several times slower. On a CPU, call `torch.set_flush_denormal(True)`
+at the start of the process, before torch starts its threads (`attnlab train` and `attnlab bench` do this, logged,
+unless told `--keep_subnormals` / `--keep-subnormals`), or use `qk_norm=True`, which bounds the scores (a different
+model). Details and counts: docs/subnormals.md.
 """
 
 import torch

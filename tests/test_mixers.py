@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+from transformers.cache_utils import DynamicLayer, LinearAttentionCacheLayerMixin
 
 import attnlab  # noqa: F401
 from attnlab.configuration_mixer_stack import MixerStackConfig
@@ -99,12 +100,26 @@ def test_a_heterogeneous_stack_trains_decodes_saves_and_reloads(tmp_path):
     model.eval()
     cache = DynamicCache(config=model.config)
     greedy = model.generate(ids[:1, :5], max_new_tokens=6, do_sample=False, pad_token_id=0, cache=cache)
-    assert [type(layer).__name__ for layer in cache.layers] == [
-        "LinearAttentionLayer", "LinearAttentionAndFullAttentionLayer", "DynamicLayer", "DynamicLayer"]
+    kinds = [(isinstance(layer, LinearAttentionCacheLayerMixin), isinstance(layer, DynamicLayer)) for layer in cache.layers]
+    assert kinds == [(True, False), (True, True), (False, True), (False, True)]  # recurrent / keys, per slot
     model.save_pretrained(tmp_path)
     assert AutoConfig.from_pretrained(tmp_path).mixer_types == config.mixer_types
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert torch.equal(reloaded.generate(ids[:1, :5], max_new_tokens=6, do_sample=False, pad_token_id=0), greedy)
+
+
+def test_assisted_decoding_of_a_user_mixer_equals_greedy_where_it_gives_per_token_states():
+    torch.manual_seed(0)
+    config = MixerStackConfig(**TINY_STACK, **SMALL_CHUNKS, mixer_types=[RETENTION, RETENTION])
+    model = MixerStackForCausalLM(config).eval()
+    prompt = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]])
+    greedy = model.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    lookup = model.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0, prompt_lookup_num_tokens=3)
+    assert torch.equal(lookup, greedy)
+    without = MixerStackForCausalLM(MixerStackConfig(**TINY_STACK, mixer_types=[
+        "tests.mixers.broken_retention:NoRollbackRetention", "attention"])).eval()
+    with pytest.raises(ValueError, match="stateful"):  # it keeps a state and gives no per-token states
+        without.generate(prompt, max_new_tokens=3, pad_token_id=0, prompt_lookup_num_tokens=3)
 
 
 def test_mixer_options_reach_each_mixer_and_are_checked():

@@ -146,7 +146,7 @@ RESUME_CHANGES = dict(
     optimizer="muon", validation_files=["other-valid.txt"], gradient_checkpointing=True, init_from="other-model",
 )
 MAY_CHANGE = {"eval_every", "eval_blocks", "final_eval_blocks", "save_every", "time_limit", "output_dir", "resume",
-              "overwrite_output_dir", "num_threads", "compile", "compile_backend", "skip_nonfinite"}
+              "overwrite_output_dir", "num_threads", "compile", "compile_backend", "skip_nonfinite", "keep_subnormals"}
 
 
 def test_resume_refuses_a_change_to_any_option_that_shapes_the_run(args):

@@ -4,6 +4,7 @@
     attnlab bench mqar    # multi-query associative recall (zoology's definition), 2-layer models, lr sweep
     attnlab bench copy    # seed 003's copy task, fixed-offset and variable-offset forms
     attnlab bench lm      # held-out Shakespeare at equal parameters and tokens, lr sweep, seeds at the best rate
+    attnlab bench subnormal   # whose training step depends on subnormal arithmetic (flushed vs kept, counts)
     attnlab bench all --quick   # every section at smoke-test size (a few minutes on 2 cores); numbers meaningless
 
 Each section writes `<output-dir>/<name>.json` (settings, every measurement or run, the command, machine, date, git
@@ -36,8 +37,10 @@ from tqdm.auto import tqdm
 
 from ..members import HYBRIDS, MEMBERS, get_member
 from ..modeling_common import CACHE_FIELD
-from .benchmarking import (bf16_autocast_is_fast, isolated, machine_description, markdown_table, measure,
-                           plot_series)
+from . import bench_subnormal
+from .benchmarking import (bf16_autocast_is_fast, isolated, load_average, machine_description, machine_facts,
+                           markdown_table, measure, peak_fraction_section, plot_series)
+from .subnormals import workbench_flush
 
 BASELINE = "llama"
 DEFAULT_MODELS = [*MEMBERS, *HYBRIDS, BASELINE]
@@ -145,14 +148,15 @@ def run_info(argv: list[str]) -> dict:
         commit = None
     return dict(command=shlex.join(["attnlab", "bench", *argv]), machine=machine_description(),
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), git_commit=commit,
-                load_average_at_start=os.getloadavg()[0], cpu_count=os.cpu_count())
+                load_average_at_start=os.getloadavg()[0], cpu_count=os.cpu_count(), machine_facts=machine_facts(),
+                load_averages_before=load_average())
 
 
 def write_report(out_dir: Path, name: str, info: dict, settings: dict, data: dict, sections: list[str],
                  quick: bool) -> Path:
     """`name.json` (everything) and `name.md` (the command, machine, date, load, then `sections`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = {**info, "load_average_at_end": os.getloadavg()[0], "quick": quick}
+    info = {**info, "load_average_at_end": os.getloadavg()[0], "load_averages_after": load_average(), "quick": quick}
     (out_dir / f"{name}.json").write_text(json.dumps(dict(info=info, settings=settings, **data), indent=1,
                                                      default=str))
     warning = ("**Smoke test (--quick): these numbers are not measurements and must not be reported.**\n\n"
@@ -234,7 +238,8 @@ def speed(args, info: dict) -> dict:
                 # Every round walks kinds, then lengths, then variants, so load changes hit all models alike.
                 for kind, T in dict.fromkeys((kind, T) for *_, kind, T in plan):
                     for label, name, mixer, compiled, *_ in [p for p in plan if p[4:] == (kind, T)]:
-                        settings = dict(repeats=args.decode_tokens if kind == "decode" else args.repeats,
+                        settings = dict(flush_denormal=not args.keep_subnormals,
+                                        repeats=args.decode_tokens if kind == "decode" else args.repeats,
                                         warmup=3 if kind == "decode" else 1, autocast=autocast, device=device,
                                         vocab_size=args.vocab_size, overrides=overrides[name], mixer=mixer,
                                         compile=compiled, compile_backend=args.compile_backend)
@@ -267,6 +272,7 @@ def speed(args, info: dict) -> dict:
 
     medians = median_rounds(records)
     sections, out = speed_tables(args, info, medians, precisions), Path(args.output_dir)
+    sections.append(peak_fraction_section(medians))
     sections += skipped + [f"Left out (failed): {s['label']} {s['kind']} T={s['seq_len']}"
                            for s in skipped_measurements]
     out.mkdir(parents=True, exist_ok=True)
@@ -761,7 +767,7 @@ def plot_lm(path: Path, sweep: list[dict], models: list[str]):
 # ---------------------------------------------------------------------------------------------------------------
 # Command line
 
-SECTIONS = {"speed": speed, "mqar": mqar, "copy": copy, "lm": lm}
+SECTIONS = {"speed": speed, "mqar": mqar, "copy": copy, "lm": lm, "subnormal": bench_subnormal.subnormal_section}
 
 # --quick: every section at a size that only checks the plumbing (in-process speed measurements, a few steps).
 QUICK = {
@@ -772,6 +778,7 @@ QUICK = {
     "copy": dict(steps=4, lrs=[1e-3, 3e-3], test_examples=16, batch_size=8, seq_len=32, width=32),
     "lm": dict(steps=2, lrs=[1e-3, 3e-3], seeds=[0, 1], batch_size=2, block_size=32, eval_blocks=2,
                final_eval_blocks=2, evaluations=1),
+    "subnormal": bench_subnormal.QUICK,
 }
 
 
@@ -794,6 +801,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where NAME.json, NAME.md and the PNGs go (default: results, or outputs/bench-quick)")
         sub.add_argument("--name", default=None, help="report name (default: the section's name)")
         sub.add_argument("--quick", action="store_true", help="smoke-test sizes (numbers meaningless)")
+        sub.add_argument("--keep-subnormals", action="store_true",
+                         help="do not flush subnormal floats to zero (see docs/subnormals.md)")
         return sub
 
     speed = section("speed", "training, forward and decode speed and peak memory against length")
@@ -878,6 +887,9 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--train-files", nargs="+", default=None, help="default: the embedded Shakespeare")
     lm.add_argument("--validation-files", nargs="+", default=None, help="default: the held-out plays")
 
+    bench_subnormal.add_arguments(section("subnormal", "training step time with subnormals kept against flushed, and "
+                                                       "the subnormals in each model's attention"))
+
     every = sections.add_parser("all", help="every section in turn with its defaults (use with --quick)")
     every.add_argument("--quick", action="store_true")
     every.add_argument("--output-dir", default=None)
@@ -917,6 +929,7 @@ def main(argv: list[str] | None = None):
             args.work_dir = str(Path(args.output_dir) / "bench-lm-runs")
             args.train_files, args.validation_files = quick_text_files(Path(args.work_dir))
     args.name = args.name or args.section + ("-quick" if args.quick else "")
+    workbench_flush(args.keep_subnormals)  # before any other work, so that torch's threads inherit it
     args.models = list(dict.fromkeys([*args.models, *(m for mixer in args.mixer for m in (mixer, f"{mixer}+attention"))]))
     for name in args.models:
         get_member(name)  # an unknown name or a mixer path that does not import: one line, before any work

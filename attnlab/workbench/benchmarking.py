@@ -8,9 +8,11 @@ measured in the same run, since absolute numbers depend on the machine.
 """
 
 import argparse
+import contextlib
 import functools
 import importlib
 import json
+import os
 import platform
 import resource
 import statistics
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.utils._python_dispatch
 
 from ..modeling_common import CACHE_FIELD
 
@@ -38,18 +41,128 @@ class Measurement:
     autocast_bf16: bool
     mixer: str | None = None  # "module:Class" swapped in for the member's own mixer, if any
     compile_s: float | None = None  # torch.compile runs only: wall time of the first (compiling) call
+    flops: float | None = None  # per timed unit (step, forward, token), counted from the shapes (`count_flops`)
+    achieved_flops_per_s: float | None = None
+    matmul_peak_flops_per_s: float | None = None  # fp32 matmul peak measured in the same process
+    peak_fraction: float | None = None  # achieved / peak
+    subnormals: str | None = None  # "flushed", "kept" or "partial" over the measuring threads
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.split(":", 1)[0].strip() == name)
+    except (OSError, StopIteration):
+        return None
+
+
+def machine_facts() -> dict:
+    """What a timing depends on, stated precisely enough to compare two records: CPU model and vendor, cores, the
+    threads torch uses, whether they flush subnormals (measured, see `subnormals.flush_denormal_state`),
+    the accelerator if any, and the versions of torch and transformers."""
+    import transformers
+
+    from .subnormals import flush_denormal_state
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return dict(cpu_model=_cpuinfo_field("model name") or platform.processor() or platform.machine(),
+                cpu_vendor=_cpuinfo_field("vendor_id") or platform.machine(), cpu_count=os.cpu_count(),
+                usable_cpus=usable, torch_threads=torch.get_num_threads(), subnormals=flush_denormal_state(),
+                accelerator=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                torch_version=torch.__version__, transformers_version=transformers.__version__,
+                python_version=platform.python_version())
+
+
+def load_average() -> list[float]:
+    """The 1-, 5- and 15-minute load averages."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def machine_description() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
+    facts = machine_facts()
+    device = f"{facts['accelerator']}, host " if facts["accelerator"] else ""
+    return (f"{device}{facts['cpu_model']} ({facts['cpu_vendor']}), {facts['usable_cpus']} of {facts['cpu_count']} "
+            f"CPUs usable, {facts['torch_threads']} threads, subnormals {facts['subnormals']}, torch {facts['torch_version']}, transformers "
+            f"{facts['transformers_version']}")
+
+
+@functools.cache
+def matmul_peak_flops(device_type: str = "cpu", size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of the fastest of `repeats` fp32 [size, size] @ [size, size] products here, with torch's threads: the
+    machine's attainable matmul peak, to which a model's achieved FLOP/s is compared."""
+    device = torch.device(device_type)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b
+    return 2 * size**3 / min(_timed(lambda: a @ b, device, repeats, warmup=1))
+
+
+def _sdpa_flops(query, key, is_causal: bool) -> float:
+    """Forward FLOPs of softmax attention from its shapes: QK^T and PV, 2 * 2 * B * H * Tq * Tk * d, halved under
+    a causal mask over a square block (the work a flash kernel does)."""
+    batch, heads, lq, dim = query.shape
+    lk = key.shape[-2]
+    pairs = lq * lk - (lq * (lq - 1) / 2 if is_causal and lq == lk else 0)
+    return 4 * batch * heads * pairs * dim
+
+
+class _ShapeFlops(torch.utils._python_dispatch.TorchDispatchMode):
+    """Sums torch.utils.flop_counter's per-op formulas (matmuls, convolutions) over the ops run. FlopCounterMode itself
+    also tracks modules, with hooks that fail on tensors requiring grad under no_grad (depth_recurrent's forward)."""
+
+    def __init__(self):
+        super().__init__()
+        from torch.utils.flop_counter import flop_registry
+
+        self.registry, self.total = flop_registry, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self.registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+@contextlib.contextmanager
+def count_flops():
+    """Yields a dict whose "total" is the FLOPs run inside the block, counted from shapes: torch.utils.flop_counter's
+    formulas (matmuls, convolutions) plus SDPA on CPU, which they do not count: its forward as `_sdpa_flops`, its
+    backward twice that (dQ, dK, dV and dP)."""
+    from torch.nn import functional as F
+
+    extra = {"sdpa": 0.0}
+    original = F.scaled_dot_product_attention
+
+    def counted(query, key, value, *args, **kwargs):
+        output = original(query, key, value, *args, **kwargs)
+        if query.device.type == "cpu":
+            flops = _sdpa_flops(query, key, kwargs.get("is_causal", False))
+            extra["sdpa"] += flops
+            if output.requires_grad:
+                output.register_hook(lambda grad: extra.__setitem__("sdpa", extra["sdpa"] + 2 * flops))
+        return output
+
+    result = {}
+    F.scaled_dot_product_attention = counted
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        with _ShapeFlops() as counter:
+            yield result
+    finally:
+        F.scaled_dot_product_attention = original
+    result["total"] = counter.total + extra["sdpa"]
+
+
+def training_flops(model, ids: torch.Tensor) -> float:
+    """FLOPs of one training step on `ids` (forward and backward; the AdamW update is elementwise and not
+    counted). The parameter gradients it leaves are cleared."""
+    with count_flops() as flops:
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return flops["total"]
 
 
 @functools.cache
@@ -258,6 +371,29 @@ def measure_mixer_training(model, batch_size: int, seq_len: int, repeats: int, w
     return statistics.median(times), memory.peak_mb
 
 
+def unit_flops(kind: str, model, batch_size: int, seq_len: int, autocast: bool) -> float:
+    """FLOPs of the unit that `kind` times (a training step, a forward pass, one decoded token after a prefill of
+    `seq_len`, a mixer's forward + backward), counted from the shapes by `count_flops`."""
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        if kind == "train":
+            return training_flops(model, ids)
+        if kind == "mixer_train":
+            with count_flops() as flops:
+                measure_mixer_training(model, batch_size, seq_len, 1, 0, autocast)
+            return flops["total"]
+        with torch.no_grad():
+            if kind == "forward":
+                with count_flops() as flops:
+                    model(input_ids=ids, use_cache=False, logits_to_keep=1)
+                return flops["total"]
+            cache = getattr(model(input_ids=ids, use_cache=True, logits_to_keep=1), CACHE_FIELD)
+            with count_flops() as flops:
+                model(input_ids=ids[:, -1:], use_cache=True, **{CACHE_FIELD: cache})
+            return flops["total"]
+
+
 MEASURES = {"train": measure_training, "forward": measure_forward, "decode": measure_decode,
             "mixer_train": measure_mixer_training}
 
@@ -265,12 +401,16 @@ MEASURES = {"train": measure_training, "forward": measure_forward, "decode": mea
 def measure(kind: str, model_name: str, preset: str, batch_size: int, seq_len: int, repeats: int = 3,
             warmup: int = 1, autocast: bool | None = None, device: str | None = None, vocab_size: int = 512,
             overrides: dict | None = None, mixer: str | None = None, compile: bool = False,
-            compile_backend: str = "inductor") -> Measurement:
+            compile_backend: str = "inductor", flush_denormal: bool | None = None) -> Measurement:
     """One measurement in this process (use `isolated` to get a fresh process and a clean memory peak).
 
     `autocast=None` uses bf16 autocast where it is fast (see `bf16_autocast_is_fast`), fp32 otherwise; `mixer`
     swaps another mixer class into an attnlab member (see `swap_mixers`); `compile` measures `torch.compile(model)`
-    (with `compile_backend`), after one untimed call whose wall time, the compilation, is reported as `compile_s`."""
+    (with `compile_backend`), after one untimed call whose wall time, the compilation, is reported as `compile_s`;
+    `flush_denormal` sets this thread's flush-to-zero mode first (None: leave it), best before any other work, so
+    that the threads torch starts inherit it."""
+    if flush_denormal is not None:
+        torch.set_flush_denormal(flush_denormal)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if autocast is None:
         autocast = bf16_autocast_is_fast(device.type)
@@ -285,10 +425,18 @@ def measure(kind: str, model_name: str, preset: str, batch_size: int, seq_len: i
         compile_s = time.perf_counter() - start
     median_s, peak_mb = MEASURES[kind](model, batch_size, seq_len, repeats, warmup, autocast)
     tokens = batch_size if kind == "decode" else batch_size * seq_len
+    # Counted on the eager model (a compiled one computes the same products) after the timed work, so the counting
+    # hooks never enter a measured step; the peak is measured in this process, with its threads.
+    flops = unit_flops(kind, getattr(model, "_orig_mod", model), batch_size, seq_len, autocast)
+    peak = matmul_peak_flops(device.type)
+    from .subnormals import flush_denormal_state
+
     return Measurement(model=model_name, kind=kind, batch_size=batch_size, seq_len=seq_len, median_s=median_s,
                        tokens_per_s=tokens / median_s, peak_memory_mb=peak_mb,
                        parameters=sum(p.numel() for p in model.parameters()), autocast_bf16=autocast, mixer=mixer,
-                       compile_s=compile_s)
+                       compile_s=compile_s, flops=flops, achieved_flops_per_s=flops / median_s,
+                       matmul_peak_flops_per_s=peak, peak_fraction=flops / median_s / peak,
+                       subnormals=flush_denormal_state())
 
 
 def isolated(kind: str, model_name: str, preset: str, batch_size: int, seq_len: int, timeout: float = 3600,
@@ -333,6 +481,25 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def peak_fraction_section(records: list[dict]) -> str:
+    """A speed report's table of achieved FLOP/s (counted from the shapes) as a share of the fp32 matmul peak that
+    each measuring process found: one row per preset, precision, kind and model, one column per length."""
+    rows, lengths = {}, sorted({r["seq_len"] for r in records if r.get("flops")})
+    for r in records:
+        if r.get("flops"):
+            key = (r.get("preset"), r.get("precision"), r["kind"], r.get("label", r["model"]))
+            rows.setdefault(key, {})[r["seq_len"]] = (f"{r['achieved_flops_per_s'] / 1e9:.3g} "
+                                                      f"({r['peak_fraction']:.1%})")
+    if not rows:
+        return "No FLOP counts in these records."
+    peaks = [r["matmul_peak_flops_per_s"] for r in records if r.get("matmul_peak_flops_per_s")]
+    return (f"Achieved GFLOP/s (matmuls and attention counted from the shapes; the causal mask halves attention) and, "
+            f"in brackets, its share of the fp32 matmul peak measured in the same process ({min(peaks) / 1e9:.0f}-"
+            f"{max(peaks) / 1e9:.0f} GFLOP/s over the processes):\n\n"
+            + markdown_table(["preset", "precision", "kind", "model", *[f"T={T}" for T in lengths]],
+                             [[*key, *[cells.get(T, "-") for T in lengths]] for key, cells in rows.items()]))
 
 
 def save_report(name: str, markdown: str, records: list[Measurement], directory: str = "docs/benchmarks") -> Path:

@@ -35,6 +35,7 @@ from .data import load_text_splits, pack_blocks
 from .evaluation import EvalResult, NonFiniteLossError, evaluate_blocks
 from .hub import CHECKPOINT_PREFIX, check_folder, model_card
 from .muon import MuonWithAdamW, seed_momentum_warmup_steps, seed_warmdown_steps, warmup_then_warmdown
+from .subnormals import flush_denormal_state, workbench_flush
 from ..members import BASELINES, HYBRIDS, MEMBERS, STACKS, get_member
 from ..tokenization_attnlab import load_tokenizer, token_byte_lengths
 
@@ -119,12 +120,16 @@ class TrainArgs:
     skip_nonfinite: bool = field(default=False, metadata={
         "help": "skip an optimizer step whose training loss is NaN or infinite (the weights stay unchanged, the step "
                 "is counted in metrics.json's skipped_steps) instead of stopping the run with an error"})
+    keep_subnormals: bool = field(default=False, metadata={
+        "help": "do not flush subnormal floats to zero (by default the run flushes them, logged: on many Intel CPUs "
+                "they make softmax attention several times slower; see docs/subnormals.md)"})
 
 
 # A checkpoint can only be continued by a run that agrees on every option but these (limits, logging, paths), so an
 # option added later is part of the check unless it is listed here.
 RESUME_FREE_KEYS = ("eval_every", "eval_blocks", "final_eval_blocks", "save_every", "time_limit", "output_dir",
-                    "resume", "overwrite_output_dir", "num_threads", "compile", "compile_backend", "skip_nonfinite")
+                    "resume", "overwrite_output_dir", "num_threads", "compile", "compile_backend", "skip_nonfinite",
+                    "keep_subnormals")
 RESUME_KEYS = tuple(name for name in TrainArgs.__dataclass_fields__ if name not in RESUME_FREE_KEYS)
 _DEFAULTS = asdict(TrainArgs())
 
@@ -536,6 +541,8 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     if args.resume and not Path(args.output_dir).is_dir():
         raise FileNotFoundError(f"--resume: no {CHECKPOINT_PREFIX}* folder in {args.output_dir}")
     prepare_output_dir(args, accelerator)
+    # Before any tensor work where possible: torch's worker threads inherit the mode when they start.
+    workbench_flush(args.keep_subnormals, log=accelerator.print)
     set_seed(args.seed)
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
@@ -647,6 +654,7 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
                    tokens=state["tokens"], train_seconds=round(state["train_seconds"], 1),
                    final_eval=final.to_dict(), eval=state["eval"], train_loss=state["train_loss"], args=asdict(args),
                    num_processes=accelerator.num_processes, skipped_steps=state.get("skipped_steps", 0),
+                   subnormals=flush_denormal_state(),
                    **step_timing(step_seconds, args.compile))
     if args.compile and metrics["compile_seconds"] is not None:
         accelerator.print(f"torch.compile ({args.compile_backend}): {metrics['compile_seconds']:.1f} s of compilation, "

@@ -24,6 +24,12 @@ class StaleStateRetention(Retention):
         return out
 
 
+class NoRollbackRetention(Retention):
+    """Keeps its state but does not declare that it gives per-token states: no assisted decoding."""
+
+    supports_state_rollback = False
+
+
 class NoCacheDeclared(torch.nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
