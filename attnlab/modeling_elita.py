@@ -45,12 +45,6 @@ from .modeling_common import (
 )
 
 
-def causal_max(x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """max_{j allowed for i} x_j along the last dim, for allowed [C, C] bool (the running max when it is causal).
-    A masked max over a [C, C] block rather than cummax, which ONNX has no operator for."""
-    return x[..., None, :].masked_fill(~allowed, float("-inf")).amax(-1)
-
-
 def cumulative_softmax(cross: torch.Tensor, values: torch.Tensor, state: tuple, chunk_size: int):
     """log S_i and A_i for every token, continuing from the state of the tokens before.
 
@@ -78,9 +72,11 @@ def cumulative_softmax(cross: torch.Tensor, values: torch.Tensor, state: tuple, 
     earlier = chunk_index[:, None] > chunk_index[None, :]
     # Every result is independent of the reference it is computed against, so the maxima need no gradient.
     with torch.no_grad():
-        local_max = causal_max(x, causal)
+        local_max = x.cummax(-1).values
         chunk_max = local_max[..., -1]  # [B, H, N]
-        entering_max = torch.maximum(state_max[..., None], causal_max(chunk_max, earlier))  # before each chunk
+        # the running max before each chunk, from the state and the chunks before it
+        before = torch.cat([state_max[..., None], chunk_max[..., :-1]], dim=-1)
+        entering_max = torch.maximum(state_max[..., None], before.cummax(-1).values)
         new_max = torch.maximum(entering_max[..., None], local_max)  # the running max through each token
         # rows with only padding so far have a -inf max: they are measured against 0 instead
         reference, chunk_reference, entering_reference = (

@@ -144,19 +144,34 @@ def export_program(model: nn.Module, example_length: int = 16, batch_size: int =
                                    dynamic_shapes=({1: new_seq}, tuple(state_shapes)))
 
 
+def cummax_from_masked_max(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """aten.cummax from operations ONNX has: for each position i, the max over j <= i (an [n, n] masked max) and
+    the last j that attains it, as cummax returns it."""
+    x = x.movedim(dim, -1)
+    index = torch.arange(x.shape[-1], device=x.device)
+    earlier = index[None, :] <= index[:, None]  # [i, j]: j <= i
+    candidates = x[..., None, :].masked_fill(~earlier, float("-inf") if x.is_floating_point() else
+                                             torch.iinfo(x.dtype).min)
+    values = candidates.amax(-1)
+    at_max = (candidates == values[..., None]) & earlier
+    indices = torch.where(at_max, index, -1).amax(-1)
+    return values.movedim(-1, dim), indices.movedim(-1, dim)
+
+
 def export_onnx(model: nn.Module, path: str | Path, example_length: int = 16, batch_size: int = 1,
-                max_length: int | None = None, padding: bool = False, cache: str | None = None) -> Path:
+                max_length: int | None = None, padding: bool = False, cache: str | None = None,
+                program: torch.export.ExportedProgram | None = None) -> Path:
     """Write the no-cache forward (input_ids -> logits) as an ONNX graph with a symbolic sequence length; returns
-    the path. Needs the `onnx` and `onnxscript` packages (onnxruntime runs the graph)."""
-    max_length = check_options(model, example_length, max_length, padding, cache, decoding_step=False)
-    model.eval()
-    input_ids = torch.randint(3, model.config.vocab_size, (batch_size, example_length), device=model.device)
-    seq = Dim("seq", min=2, max=max_length)
+    the path. `program`, a no-cache `export_program` of the model, saves exporting it again. Needs the `onnx` and
+    `onnxscript` packages (onnxruntime runs the graph)."""
+    check_options(model, example_length, max_length, padding, cache, decoding_step=False)
+    if program is None:
+        program = export_program(model, example_length, batch_size, max_length)
+    # ONNX has no cumulative max (elita's running max): it becomes a masked max over the positions so far.
+    program = program.run_decompositions({torch.ops.aten.cummax.default: cummax_from_masked_max})
     path = Path(path)
-    with torch.no_grad():
-        program = torch.onnx.export(LogitsForward(model), (input_ids,), dynamo=True, input_names=["input_ids"],
-                                    output_names=["logits"], dynamic_shapes={"input_ids": {1: seq}},
-                                    verbose=False)
+    program = torch.onnx.export(program, dynamo=True, input_names=["input_ids"], output_names=["logits"],
+                                verbose=False)
     # The exporter can lose a symbolic dimension without an error; a graph fixed at the example length is refused.
     length_dim = program.model.graph.inputs[0].shape[1]
     if isinstance(length_dim, int):
