@@ -51,52 +51,36 @@ def cumulative_softmax(cross: torch.Tensor, values: torch.Tensor, state: tuple, 
     cross [B, H, T] (-inf at padding, which then changes nothing), values [B, H, T, D], both fp32; state is
     (m [B, H], s [B, H], u [B, H, D]): the running max of cross and the sums of e^{cross - m} and e^{cross - m} v.
     Returns log S [B, H, T], A [B, H, T, D] and the state after the last token.
-
-    The tokens are cut into N chunks of C (the end padded with -inf logits, which change nothing). Inside a chunk each
-    token's sums are a masked [C, C] product relative to its own running max; what enters chunk n from the state and
-    the chunks before is a masked [N, N] product of each chunk's totals relative to the running max before chunk n.
-    Every exponent is <= 0, and no Python loop runs over the length.
     """
-    state_max, state_sums, state_value_sums = state
+    running_max, sums, value_sums = state
     length = cross.shape[-1]
-    # A symbolic length (torch.export) is one chunk: the exporter cannot prove the identities that reshaping a
-    # padded symbolic length into chunks relies on, so an exported graph holds the [T, T] product.
-    size = min(chunk_size, length) if isinstance(length, int) else length
-    num_chunks = -(-length // size)
-    pad = num_chunks * size - length
-    x = nn.functional.pad(cross, (0, pad), value=float("-inf")).unflatten(-1, (num_chunks, size))  # [B, H, N, C]
-    v = nn.functional.pad(values, (0, 0, 0, pad)).unflatten(-2, (num_chunks, size))  # [B, H, N, C, D]
-    index = torch.arange(size, device=cross.device)
+    # A symbolic length (torch.export) is one chunk, taken whole: a graph cannot hold a length-dependent number of
+    # chunks, so an exported graph holds the [T, T] product.
+    symbolic = not isinstance(length, int)
+    chunk_size = length if symbolic else min(chunk_size, length)
+    index = torch.arange(chunk_size, device=cross.device)
     causal = index[:, None] >= index[None, :]
-    chunk_index = torch.arange(num_chunks, device=cross.device)
-    earlier = chunk_index[:, None] > chunk_index[None, :]
-    # Every result is independent of the reference it is computed against, so the maxima need no gradient.
-    with torch.no_grad():
-        local_max = x.cummax(-1).values
-        chunk_max = local_max[..., -1]  # [B, H, N]
-        # the running max before each chunk, from the state and the chunks before it
-        before = torch.cat([state_max[..., None], chunk_max[..., :-1]], dim=-1)
-        entering_max = torch.maximum(state_max[..., None], before.cummax(-1).values)
-        new_max = torch.maximum(entering_max[..., None], local_max)  # the running max through each token
-        # rows with only padding so far have a -inf max: they are measured against 0 instead
-        reference, chunk_reference, entering_reference = (
-            torch.where(m.isneginf(), 0.0, m) for m in (new_max, chunk_max, entering_max))
-    # Mask before exp: e^{x_j - m_i} for j > i may overflow, and inf * 0 would poison the backward pass.
-    weights = (x[..., None, :] - reference[..., None]).masked_fill(~causal, float("-inf")).exp()  # [B, H, N, C, C]
-    chunk_weights = (x - chunk_reference[..., None]).exp()  # [B, H, N, C]
-    transfer = (chunk_max[..., None, :] - entering_reference[..., None]).masked_fill(~earlier, float("-inf")).exp()
-    from_state = (state_max[..., None] - entering_reference).exp()  # [B, H, N]
-    entering_sums = from_state * state_sums[..., None] + (transfer @ chunk_weights.sum(-1)[..., None]).squeeze(-1)
-    entering_value_sums = from_state[..., None] * state_value_sums[..., None, :] + transfer @ (
-        chunk_weights[..., None, :] @ v).squeeze(-2)
-    carry = (entering_max[..., None] - reference).exp()  # [B, H, N, C]
-    s = carry * entering_sums[..., None] + weights.sum(-1)
-    u = carry[..., None] * entering_value_sums[..., None, :] + weights @ v
-    # s >= 1 once a real token was seen (its max term is e^0); the clamp only keeps padding rows finite.
-    s_safe = s.clamp_min(torch.finfo(cross.dtype).tiny)
-    log_sums = (reference + s_safe.log()).flatten(-2)[..., :length]
-    averages = (u / s_safe[..., None]).flatten(-3, -2)[..., :length, :]
-    return log_sums, averages, (new_max[..., -1, -1], s[..., -1, -1], u[..., -1, -1, :])
+    tiny = torch.finfo(cross.dtype).tiny
+    log_sums, averages = [], []
+    for start in [0] if symbolic else range(0, length, chunk_size):
+        x, v = (cross, values) if symbolic else (cross[..., start:start + chunk_size],
+                                                 values[..., start:start + chunk_size, :])
+        size = x.shape[-1]
+        # Every result is independent of the reference it is computed against, so the max needs no gradient.
+        with torch.no_grad():
+            new_max = torch.maximum(running_max[..., None], x.cummax(-1).values)
+            reference = torch.where(new_max.isneginf(), 0.0, new_max)  # rows with only padding so far
+        # Mask before exp: e^{x_j - m_i} for j > i may overflow, and inf * 0 would poison the backward pass.
+        weights = (x[..., None, :] - reference[..., :, None]).masked_fill(~causal[:size, :size], float("-inf")).exp()
+        carry = (running_max[..., None] - reference).exp()
+        s = carry * sums[..., None] + weights.sum(-1)
+        u = carry[..., None] * value_sums[..., None, :] + weights @ v
+        # s >= 1 once a real token was seen (its max term is e^0); the clamp only keeps padding rows finite.
+        s_safe = s.clamp_min(tiny)
+        log_sums.append(reference + s_safe.log())
+        averages.append(u / s_safe[..., None])
+        running_max, sums, value_sums = new_max[..., -1], s[..., -1], u[..., -1, :]
+    return torch.cat(log_sums, -1), torch.cat(averages, -2), (running_max, sums, value_sums)
 
 
 class ElitaAttention(nn.Module):
