@@ -53,12 +53,18 @@ def cumulative_softmax(cross: torch.Tensor, values: torch.Tensor, state: tuple, 
     Returns log S [B, H, T], A [B, H, T, D] and the state after the last token.
     """
     running_max, sums, value_sums = state
-    index = torch.arange(min(chunk_size, cross.shape[-1]), device=cross.device)
+    length = cross.shape[-1]
+    # A symbolic length (torch.export) is one chunk, taken whole: a graph cannot hold a length-dependent number of
+    # chunks, so an exported graph holds the [T, T] product.
+    symbolic = not isinstance(length, int)
+    chunk_size = length if symbolic else min(chunk_size, length)
+    index = torch.arange(chunk_size, device=cross.device)
     causal = index[:, None] >= index[None, :]
     tiny = torch.finfo(cross.dtype).tiny
     log_sums, averages = [], []
-    for start in range(0, cross.shape[-1], chunk_size):
-        x, v = cross[..., start:start + chunk_size], values[..., start:start + chunk_size, :]
+    for start in [0] if symbolic else range(0, length, chunk_size):
+        x, v = (cross, values) if symbolic else (cross[..., start:start + chunk_size],
+                                                 values[..., start:start + chunk_size, :])
         size = x.shape[-1]
         # Every result is independent of the reference it is computed against, so the max needs no gradient.
         with torch.no_grad():

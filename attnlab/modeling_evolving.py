@@ -59,7 +59,9 @@ def decay_powers(decay: torch.Tensor, size: int, offset: int, step: int) -> torc
 def leaky_scan(u: torch.Tensor, decay: torch.Tensor, memory: torch.Tensor | None, chunk_size: int) -> torch.Tensor:
     """y_t = decay * y_{t-1} + u_t for u [B, H, T, D], with y_{-1} = memory [B, H, D] (or 0). Returns y [B, H, T, D]."""
     batch, heads, length, dim = u.shape
-    size = min(chunk_size, length)
+    # A symbolic length (torch.export) is one chunk: a graph cannot hold a length-dependent number of chunks, and one
+    # [T, T] product costs what the attention that follows costs anyway.
+    size = min(chunk_size, length) if isinstance(length, int) else length
     num_chunks = -(-length // size)
     chunks = F.pad(u, (0, 0, 0, num_chunks * size - length)).view(batch, heads, num_chunks, size, dim)
     # Within each chunk, from a zero start: local_i = sum_{j<=i} decay^(i-j) u_j.
@@ -82,7 +84,7 @@ def evolve(q, k, w, decay, memory=None, chunk_size: int = 64, real=None) -> tupl
         u = u * real.to(u.dtype)
     q_evolved = leaky_scan(u, decay, memory, chunk_size)
     start = memory if memory is not None else torch.zeros_like(u[:, :, 0])
-    previous = torch.cat([start[:, :, None], q_evolved[:, :, :-1]], dim=2)  # m_{t-1}
+    previous = torch.cat([start[:, :, None], q_evolved], dim=2)[:, :, :-1]  # m_{t-1}
     return q_evolved, k + w + 0.5 * decay * previous
 
 

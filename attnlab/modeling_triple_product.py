@@ -114,6 +114,10 @@ def triple_product_attention(q, k, r, v, token_mask, scale: float, chunk_size: i
         st = torch.stack((s, t), dim=2)
         key_norm2 = (k * k).sum(-1)[..., None, :]
         num_queries, past = q.shape[2], k.shape[2] - q.shape[2]
+        if not isinstance(num_queries, int):
+            # A symbolic length (torch.export): a graph cannot hold a length-dependent number of chunks, so all
+            # queries are one chunk, the whole [T, S] score tensor of the layer.
+            return ChunkAttention.apply(st, row_weight, k, v, key_norm2, token_mask, past, False)
         keep_scores = 4 * q.shape[0] * q.shape[1] * num_queries * k.shape[2] <= recompute_above_bytes
         outputs = []
         for start in range(0, num_queries, chunk_size):
