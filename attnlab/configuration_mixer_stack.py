@@ -60,19 +60,39 @@ class MixerStackConfig(AttnlabConfig):
                     raise ValueError(f"MixerStackConfig: {spec.name} has no option(s) {unknown} (they are fields of "
                                      f"{spec.options_config_class.__name__})")
 
-    def mixer_config(self, spec):
-        """The config a mixer of this stack is built from: the shared fields plus its options; for attnlab's own
+    def mixer_config(self, spec) -> "MixerConfigView":
+        """The config a mixer of this stack is built from: its options over the shared fields; for attnlab's own
         mixers an instance of their member's config (so its defaults and checks apply)."""
         options = self.mixer_options.get(spec.name, {})
+        member_config = None
         if spec.options_config_class is not None:
             shared = {name: getattr(self, name) for name in SHARED_FIELDS}
-            return spec.options_config_class(**{**shared, **options})
-        if not options:
-            return self
-        view = self.__class__.__new__(self.__class__)
-        view.__dict__.update(self.__dict__)
-        view.__dict__.update(options)
-        return view
+            member_config = spec.options_config_class(**{**shared, **options})
+        return MixerConfigView(self, member_config, options)
 
 
-__all__ = ["MixerStackConfig"]
+class MixerConfigView:
+    """What a mixer of a stack sees as `config`: its options (or its member's config), then the stack's fields.
+    The attention kernel (`_attn_implementation`) is always the stack's live value, so `attn_implementation=` and
+    `model.set_attn_implementation` reach every mixer."""
+
+    def __init__(self, stack: MixerStackConfig, member_config, options: dict):
+        self.__dict__.update(_stack=stack, _member_config=member_config, _options=dict(options))
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_stack", "_member_config", "_options"):
+            raise AttributeError(name)
+        if name == "_attn_implementation":
+            return self._stack._attn_implementation
+        if name in self._options:
+            return self._options[name]
+        if self._member_config is not None:
+            return getattr(self._member_config, name)
+        return getattr(self._stack, name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"a mixer's config is read-only (set {name!r} on the stack's MixerStackConfig or in "
+                             "its mixer_options)")
+
+
+__all__ = ["MixerConfigView", "MixerStackConfig"]
