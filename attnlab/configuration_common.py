@@ -104,9 +104,10 @@ class AttnlabConfig(PreTrainedConfig):
 
     def mixer_specs(self) -> list:
         """The registry entry (`mixers.MixerSpec`) of every layer application's mixer."""
-        from .mixers import get_mixer  # at call time: the registry imports the modeling files, which import configs
+        from .mixers import get_mixer, member_mixer  # at call time: the registry imports the modeling files
 
-        return [get_mixer(name) for name in self.mixer_types]
+        # The member's own mixer is found by its config class, not its name (a folder may rename its model_type).
+        return [member_mixer(type(self)) if name == self.model_type else get_mixer(name) for name in self.mixer_types]
 
     def derived_layer_types(self) -> list[str]:
         # A mixer without a decoding state gets a key slot it never writes (such a stack decodes without a cache).

@@ -91,6 +91,16 @@ def registered_mixers() -> dict[str, MixerSpec]:
     return _REGISTRY
 
 
+def member_mixer(config_class: type) -> MixerSpec:
+    """The mixer of the member whose config class this is (or derives from)."""
+    from .members import MEMBERS
+
+    for name, member in MEMBERS.items():
+        if issubclass(config_class, member.config_class):
+            return registered_mixers()[name]
+    return get_mixer(config_class.model_type)
+
+
 def register_mixer(name: str, mixer_class: type) -> MixerSpec:
     """Register a mixer class under a name (an import path is the usual name of a mixer outside attnlab)."""
     spec = spec_of_class(name, mixer_class)

@@ -213,16 +213,16 @@ def test_demo_refuses_a_folder_that_is_not_an_earlier_demo(tmp_path, capsys):
 
 
 def test_a_finished_run_is_not_overwritten(args, tmp_path, capsys):
-    first = train(args)
+    first = train(replace(args, model="retention:Retention"))  # a stack of the example mixer: its module is saved
     error = one_line_error(cli_args(args, model="elita"), capsys)
     assert "already holds an earlier run" in error and "--overwrite_output_dir" in error
     folder = Path(args.output_dir)
-    assert "modeling_triple_product.py" in first["files"] and (folder / "modeling_triple_product.py").is_file()
+    assert "mixer_retention.py" in first["files"] and (folder / "mixer_retention.py").is_file()
     (folder / "notes.txt").write_text("mine")  # not written by a run: kept
     second = train(replace(args, model="elita", overwrite_output_dir=True))
     names = {path.name for path in folder.iterdir()}
-    # No stale file of the earlier member stays beside the new one; the user's file does.
-    assert "modeling_triple_product.py" not in names and "modeling_elita.py" in names and "notes.txt" in names
+    # No stale file of the earlier model stays beside the new one; the user's file does.
+    assert "mixer_retention.py" not in names and "modeling_elita.py" in names and "notes.txt" in names
     assert set(second["files"]) == names - {"notes.txt"}
     assert json.loads((folder / "config.json").read_text())["model_type"] == "elita"
 

@@ -139,7 +139,7 @@ def test_eval_cli_without_files_scores_the_held_out_plays(tmp_path):
 # One changed value per option a checkpoint can only be continued with; every other TrainArgs field is listed in
 # MAY_CHANGE, so a new field must be put on one side or the other.
 RESUME_CHANGES = dict(
-    model="elita", preset="small", config_overrides=["num_hidden_layers=3"], config_file="config.json",
+    model="elita", mixer="retention:Retention", preset="small", config_overrides=["num_hidden_layers=3"], config_file="config.json",
     tokenizer="other-tokenizer", train_files=["other.txt"], dataset_name="wikitext", dataset_config="raw",
     text_column="content", block_size=16, batch_size=2, gradient_accumulation_steps=2, max_steps=7,
     learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.2, max_grad_norm=0.5, mixed_precision="bf16", seed=1,
