@@ -21,13 +21,13 @@ from attnlab.modeling_common import apply_rotary, merge_heads, read_recurrent_st
 
 def retention_chunkwise(q, k, v, gamma, state, chunk_size: int):
     """q, k [B, H, T, Dk], v [B, H, T, Dv], gamma [H], state [B, H, Dk, Dv] or None -> (o [B, H, T, Dv], state)."""
-    batch, heads, length, _ = q.shape
+    batch, heads = q.shape[:2]
     log_gamma = gamma.log()[None, :, None]                                                  # [1, H, 1]
     if state is None:
         state = q.new_zeros(batch, heads, q.shape[-1], v.shape[-1])
     outputs = []
-    for start in range(0, length, chunk_size):
-        qc, kc, vc = q[:, :, start:start + chunk_size], k[:, :, start:start + chunk_size], v[:, :, start:start + chunk_size]
+    # split, not slicing: the backward of each slice would write a zero-filled gradient of the whole length
+    for qc, kc, vc in zip(q.split(chunk_size, dim=2), k.split(chunk_size, dim=2), v.split(chunk_size, dim=2)):
         size = qc.shape[2]
         index = torch.arange(size, device=q.device, dtype=q.dtype)
         distance = index[:, None] - index[None, :]
