@@ -211,6 +211,10 @@ class AttnlabAttention(nn.Module):
 class RecurrentStateRollbackMixin:
     """Per-token recurrent states kept while recording the past, so `crop(-n)` can restore any of them."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start_rollback_tracking()
+
     def start_rollback_tracking(self):
         # Per state index: chunks [batch, tokens, ...] of the states after each recorded token, and the states
         # before the first of them (None: the layer was empty then).
@@ -281,19 +285,11 @@ class RecurrentStateRollbackMixin:
 
 
 class AttnlabLinearAttentionLayer(RecurrentStateRollbackMixin, LinearAttentionLayer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.start_rollback_tracking()
-
     def crop(self, tokens_to_remove: int) -> None:
         self.roll_back_recurrent_states(tokens_to_remove)
 
 
 class AttnlabLinearAttentionAndFullAttentionLayer(RecurrentStateRollbackMixin, LinearAttentionAndFullAttentionLayer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.start_rollback_tracking()
-
     def crop(self, tokens_to_remove: int) -> None:
         self.roll_back_recurrent_states(tokens_to_remove)
         DynamicLayer.crop(self, tokens_to_remove)

@@ -102,6 +102,7 @@ def portable_source(path: Path, mixer_path: str) -> str:
     import that cannot travel into a folder."""
     source = path.read_text()
     own_package = mixer_path.partition(":")[0].split(".")[0]
+    installed = set(importlib.metadata.packages_distributions())  # once per module, not per import line
     lines = source.splitlines(keepends=True)
     replacements = {}
     for node in ast.walk(ast.parse(source, filename=str(path))):
@@ -123,7 +124,7 @@ def portable_source(path: Path, mixer_path: str) -> str:
                 raise ValueError(f"mixer {mixer_path}: {path.name} line {node.lineno} imports {module_name!r}, "
                                  "another module of its own package, which cannot travel into a saved folder; "
                                  "keep the mixer's code in one module")
-            elif top not in sys.stdlib_module_names and top not in installed_top_level_names():
+            elif top not in sys.stdlib_module_names and top not in installed:
                 raise ValueError(f"mixer {mixer_path}: {path.name} line {node.lineno} imports {module_name!r}, which "
                                  "is not an installed package, so the saved folder could not load elsewhere")
     out, skip_until = [], 0
@@ -150,10 +151,6 @@ def library_import(node, module_name: str, mixer_path: str, path: Path) -> str:
                          "from attnlab.modeling_common import apply_rotary), since the workbench does not travel")
     names = ", ".join(alias.name + (f" as {alias.asname}" if alias.asname else "") for alias in node.names)
     return f"from .{library_module} import {names}"
-
-
-def installed_top_level_names() -> set[str]:
-    return set(importlib.metadata.packages_distributions())
 
 
 def write_user_mixer_modules(modules: dict[str, tuple[str, str, str]], folder: Path) -> None:
