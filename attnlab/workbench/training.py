@@ -651,7 +651,7 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
 
     final = evaluate(args.final_eval_blocks)
     metrics = dict(model=args.model, preset=args.preset, parameters=num_parameters, steps=state["step"],
-                   tokens=state["tokens"], train_seconds=round(state["train_seconds"], 1),
+                   tokens=state["tokens"], train_seconds=round(state["train_seconds"], 3),
                    final_eval=final.to_dict(), eval=state["eval"], train_loss=state["train_loss"], args=asdict(args),
                    num_processes=accelerator.num_processes, skipped_steps=state.get("skipped_steps", 0),
                    subnormals=flush_denormal_state(),
