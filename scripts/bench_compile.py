@@ -3,7 +3,7 @@
     python scripts/bench_compile.py [--preset tiny] [--rounds 2]
 
 Each measurement runs in a fresh process; the compiled one first makes one untimed call (its wall time, the
-compilation, is reported apart). Writes docs/benchmarks/compile.{md,json}.
+compilation, is reported apart). Writes results/bench-compile.{md,json}.
 """
 
 import argparse
@@ -42,7 +42,7 @@ def main():
                         "decode eager ms", "compiled ms", "speed-up", "compile s"], rows),
     ])
     print(report)
-    save_report("compile", report, records)
+    save_report("bench-compile", report, records)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Train a member and the Llama baseline at equal parameter count on Shakespeare; write docs/experiments/NAME.*
+"""Train a member and the Llama baseline at equal parameter count on Shakespeare; write results/NAME.*
 
     python scripts/compare_shakespeare.py --member triple_product --preset tiny --seeds 0 1 --steps 300
 
@@ -22,7 +22,7 @@ def main():
     with tempfile.TemporaryDirectory() as work_dir:
         results = run(comparison, Path(work_dir))
     command = shlex.join(["python", "scripts/compare_shakespeare.py", *sys.argv[1:]])
-    report = write_report(results, command, Path(__file__).resolve().parents[1] / "docs" / "experiments")
+    report = write_report(results, command, Path(__file__).resolve().parents[1] / "results")
     print(report.read_text())
     print(f"wrote {report.with_suffix('.*')}")
 

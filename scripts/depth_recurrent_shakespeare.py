@@ -1,5 +1,5 @@
 """depth_recurrent (seed 002) on Shakespeare: against Llama at equal compute and at equal unique parameters, and an
-ablation of its techniques. Writes docs/experiments/NAME.{json,md,png}.
+ablation of its techniques. Writes results/NAME.{json,md,png}.
 
     OMP_NUM_THREADS=1 python scripts/depth_recurrent_shakespeare.py            # the committed run (defaults)
 
@@ -270,7 +270,7 @@ def main():
                    date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), machine=machine,
                    wall_seconds=round(wall), settings=vars(args),
                    train_tokens=args.steps * args.batch_size * args.block_size, runs=runs, summary=summarise(runs))
-    report = write_report(results, REPO / "docs" / "experiments", args.name)
+    report = write_report(results, REPO / "results", args.name)
     print(report.read_text())
 
 

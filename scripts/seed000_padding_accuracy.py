@@ -5,7 +5,7 @@
 
 Trains a tiny evolving model on 50 short Shakespeare passages right-padded to each length (see
 attnlab/workbench/padding_accuracy.py), evaluates on 64 held-out passages from the end of the corpus, and writes
-docs/experiments/seed000_padding_accuracy.{md,json}.
+results/seed000_padding_accuracy.{md,json}.
 """
 
 import argparse
@@ -32,7 +32,7 @@ def main():
               f"passages, {args.steps} AdamW steps of batch 8, loss on every position (pads included), 64 held-out "
               f"passages. Corpus: {args.corpus}. Machine: {machine_description()}.")
     print(report)
-    out = Path("docs/experiments")
+    out = Path("results")
     out.mkdir(parents=True, exist_ok=True)
     (out / "seed000_padding_accuracy.md").write_text(report + "\n")
     (out / "seed000_padding_accuracy.json").write_text(json.dumps([asdict(r) for r in results], indent=1))

@@ -3,7 +3,7 @@ honest split and on the seed's leaky one, beside four baselines, with rollouts a
 
     OMP_NUM_THREADS=1 python scripts/vqlnmlp_table.py --seeds 0 1 2 3 4 --epochs 10 --workers 2
 
-Writes docs/experiments/NAME.{json,md,png}. Every model is trained by the workbench's own `train_timeseries`
+Writes results/NAME.{json,md,png}. Every model is trained by the workbench's own `train_timeseries`
 (accelerate, Adam at 7e-3, batch 32, window 96, codebook 512, width 64: the seed's settings) and every forecaster,
 model or baseline, is scored by the same functions of attnlab.workbench.timeseries:
 
@@ -220,7 +220,7 @@ def main():
     parser.add_argument("--report_only", action="store_true",
                         help="train nothing: write the report from the runs already in NAME.runs.jsonl")
     parser.add_argument("--name", default="vqlnmlp_table")
-    parser.add_argument("--output_dir", default=str(REPO / "docs" / "experiments"))
+    parser.add_argument("--output_dir", default=str(REPO / "results"))
     args = parser.parse_args()
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)

@@ -502,7 +502,7 @@ def peak_fraction_section(records: list[dict]) -> str:
                              [[*key, *[cells.get(T, "-") for T in lengths]] for key, cells in rows.items()]))
 
 
-def save_report(name: str, markdown: str, records: list[Measurement], directory: str = "docs/benchmarks") -> Path:
+def save_report(name: str, markdown: str, records: list[Measurement], directory: str = "results") -> Path:
     """Write `<name>.md` (the table, with the machine) and `<name>.json` (every measurement) under `directory`."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ class Comparison:
         "help": "member config values as key=value; the shape keys Llama also has apply to it too"})
     learning_rate: float = field(default=3e-3, metadata={"help": "peak learning rate of both models"})
     name: str | None = field(default=None, metadata={
-        "help": "report name: docs/experiments/NAME.{md,json,png} (default: MEMBER_vs_llama_shakespeare)"})
+        "help": "report name: results/NAME.{md,json,png} (default: MEMBER_vs_llama_shakespeare)"})
     evaluations: int = field(default=10, metadata={"help": "held-out evaluations per run, for the loss curves"})
     eval_blocks: int = field(default=32, metadata={
         "help": "held-out blocks per curve point (the final evaluation scores them all)"})
@@ -121,7 +121,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def write_report(results: dict, command: str, out_dir: Path) -> Path:
-    """docs/experiments/NAME.{json,md,png}; returns the markdown path."""
+    """results/NAME.{json,md,png}; returns the markdown path."""
     settings = results["comparison"]
     if isinstance(settings["member"], str):  # reports written before several members could be compared
         settings = {**settings, "member": [settings["member"]]}
