@@ -173,3 +173,21 @@ def test_speed_arithmetic_from_hand_made_medians(monkeypatch):
     monkeypatch.setitem(benchmarking.MEASURES, "train", lambda *args: (0.5, 1.0))
     assert benchmarking.measure("train", "llama", "tiny", batch_size=4, seq_len=16,
                                 vocab_size=64).tokens_per_s == pytest.approx(4 * 16 / 0.5)
+
+
+def test_lm_model_lrs_replace_the_sweep_for_the_named_models(tmp_path):
+    bench.main(["lm", "--quick", "--models", "llama", "elita", "--model-lrs", "elita=0.02", "--seeds", "0",
+                "--output-dir", str(tmp_path), "--name", "lm-rates"])
+    record = json.loads((tmp_path / "lm-rates.json").read_text())
+    assert sorted((r["model"], r["lr"]) for r in record["sweep"]) == [("elita", 0.02), ("llama", 0.001),
+                                                                       ("llama", 0.003)]
+    assert record["best_lr"]["elita"] == 0.02
+    assert "elita: [0.02] given by --model-lrs" in (tmp_path / "lm-rates.md").read_text()
+
+
+@pytest.mark.parametrize("item, message", [("gpt=0.01", "NAME one of the run's models"), ("elita=-1", "positive"),
+                                           ("elita", "expected NAME=LR")])
+def test_lm_model_lrs_refuses_a_bad_entry(tmp_path, item, message):
+    with pytest.raises(ValueError, match=message):
+        bench.main(["lm", "--quick", "--models", "llama", "elita", "--model-lrs", item,
+                    "--output-dir", str(tmp_path)])

@@ -38,7 +38,8 @@ def lm(args, info: dict) -> dict:
                     train_seconds=metrics["train_seconds"], compile_seconds=metrics.get("compile_seconds"),
                     final=metrics["final_eval"], curve=[(e["step"], e["loss"]) for e in metrics["eval"]])
 
-    sweep = [run_one(name, lr, args.seeds[0]) for name in args.models for lr in args.lrs]
+    rates = model_rates(args)
+    sweep = [run_one(name, lr, args.seeds[0]) for name in args.models for lr in rates[name]]
     best_lr = {name: min((r for r in sweep if r["model"] == name), key=lambda r: r["final"]["loss"])["lr"]
                for name in args.models}
     seeds = [r for r in sweep if r["lr"] == best_lr[r["model"]]]
@@ -54,7 +55,9 @@ def lm(args, info: dict) -> dict:
     sections = [
         f"Held-out Shakespeare plays (byte tokens), preset `{args.preset}`, block {args.block_size}, batch "
         f"{args.batch_size}, {args.steps} steps = {tokens:,} training tokens per run for every model; AdamW with "
-        f"warmup and cosine decay (`attnlab train`). Learning rates {args.lrs} at seed {args.seeds[0]}; the best rate "
+        f"warmup and cosine decay (`attnlab train`). Learning rates {args.lrs} at seed {args.seeds[0]}"
+        + (f" ({', '.join(f'{name}: {rates[name]}' for name in args.model_lrs_given)} given by --model-lrs)"
+           if args.model_lrs_given else "") + "; the best rate "
         f"by held-out loss then runs seeds {args.seeds}. Loss and bits per byte: mean ± std over those seeds, on the "
         f"held-out plays ({'all blocks' if args.final_eval_blocks is None else f'{args.final_eval_blocks} blocks'}). "
         "The rate is chosen on the same held-out text it is scored on, as zoology reports the best rate.",
@@ -84,6 +87,27 @@ def plot_lm(path: Path, sweep: list[dict], models: list[str]):
                     "LM: held-out loss per learning rate (first seed)")
 
 
+def model_rates(args) -> dict[str, list[float]]:
+    """Each model's learning rates: `--lrs`, or the rates `--model-lrs NAME=LR` gives that model (a rate an earlier
+    sweep chose, so a rerun need not repeat the sweep). Records which models were given rates."""
+    rates = {name: list(args.lrs) for name in args.models}
+    given = {}
+    for item in args.model_lrs:
+        name, sep, value = item.partition("=")
+        if not sep or name not in rates:
+            raise ValueError(f"--model-lrs {item!r}: expected NAME=LR with NAME one of the run's models {args.models}")
+        try:
+            lr = float(value)
+        except ValueError:
+            lr = float("nan")
+        if not lr > 0 or lr == float("inf"):
+            raise ValueError(f"--model-lrs {item!r}: the rate must be a positive number")
+        given.setdefault(name, []).append(lr)
+    rates.update(given)
+    args.model_lrs_given = sorted(given)
+    return rates
+
+
 def add_arguments(lm):
     lm.add_argument("--preset", default="tiny")
     lm.add_argument("--config-overrides", nargs="*", default=[], help="shared shape values as key=value (JSON)")
@@ -91,6 +115,9 @@ def add_arguments(lm):
     lm.add_argument("--batch-size", type=int, default=16)
     lm.add_argument("--steps", type=int, default=1200, help="1200 x 16 x 256 = 4.9M tokens, 4x the old comparisons")
     lm.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    lm.add_argument("--model-lrs", nargs="+", default=[], metavar="NAME=LR",
+                    help="rates for some models instead of --lrs (repeat a name for several), e.g. the best rates "
+                         "of an earlier sweep")
     lm.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="the first runs the sweep")
     lm.add_argument("--evaluations", type=int, default=10, help="held-out evaluations per run (curves)")
     lm.add_argument("--eval-blocks", type=int, default=32)
