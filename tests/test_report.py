@@ -83,7 +83,8 @@ def repo(tmp_path):
     (tmp_path / "results" / "speed.json").write_text(json.dumps(
         {"info": {"command": "attnlab bench speed", "git_commit": commit, "machine": "AMD EPYC, 1 threads",
                   "date": "2026-12-02 01:00 UTC"}, "settings": {"models": ["elita", "llama"]},
-         "medians": [{"model": "elita", "tokens_per_s": 10.0}]}))
+         "medians": [{"model": "elita", "kind": "train", "tokens_per_s": 10.0},
+                     {"model": "elita", "kind": "decode", "tokens_per_s": 20.0}]}))
     git(tmp_path, "add", "-A")
     git(tmp_path, "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "-m", "record")
     return tmp_path
@@ -159,14 +160,15 @@ def test_a_bad_block_is_an_error_naming_it(repo, spec, message):
 def test_verdicts_read_their_figures_from_the_records(repo):
     (repo / "results" / "verdicts.json").write_text(json.dumps({"verdicts": [
         {"seed": "001", "claim": "faster", "verdict": "Yes",
-         "evidence": [{"record": "results/speed.json", "text": "{rate:.1f} tokens/s",
-                       "values": {"rate": "medians.model=elita.tokens_per_s"}}]}]}))
+         "evidence": [{"record": "results/speed.json", "text": "{rate:.1f} tokens/s, {half:.2f}x",
+                       "values": {"rate": "medians/model=elita,kind=train/tokens_per_s",
+                                  "half": {"ratio": ["medians/0/tokens_per_s", "medians/1/tokens_per_s"]}}}]}]}))
     out = render(repo, block("results/verdicts.json"))
-    assert "| 001 | faster | **Yes** | 10.0 tokens/s ([record](results/speed.md)) |" in out
+    assert "| 001 | faster | **Yes** | 10.0 tokens/s, 0.50x ([record](results/speed.md)) |" in out
     (repo / "results" / "verdicts.json").write_text(json.dumps({"verdicts": [
         {"seed": "001", "claim": "c", "verdict": "v",
-         "evidence": [{"record": "results/speed.json", "text": "{x}", "values": {"x": "medians.model=gpt.tokens"}}]}]}))
-    with pytest.raises(RenderError, match="0 list items with model=gpt"):
+         "evidence": [{"record": "results/speed.json", "text": "{x}", "values": {"x": "medians/model=gpt/tokens"}}]}]}))
+    with pytest.raises(RenderError, match="0 list items with model=gpt"):  # no such model
         render(repo, block("results/verdicts.json"))
 
 

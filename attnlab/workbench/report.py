@@ -162,23 +162,36 @@ def table_of(markdown: str, prefix: str, where: str) -> str:
 
 
 def lookup(record, path: str, where: str):
-    """A value of a record by a dotted key path (list indices as numbers, `key=value` picks a list element)."""
+    """A value of a record by a key path of `/`-separated steps: dict keys, list indices, or
+    `field=value,field=value` to pick the one list element whose fields match (`runs/model=elita,lr=0.01/loss`)."""
     value = record
-    for key in path.split("."):
+    for key in path.split("/"):
         if isinstance(value, list):
             if "=" in key:
-                field, _, wanted = key.partition("=")
-                matches = [item for item in value if str(item.get(field)) == wanted]
+                wanted = dict(condition.partition("=")[::2] for condition in key.split(","))
+                matches = [item for item in value
+                           if isinstance(item, dict) and all(str(item.get(f)) == v for f, v in wanted.items())]
                 if len(matches) != 1:
-                    raise RenderError(f"{where}: {path!r}: {len(matches)} list items with {field}={wanted}")
+                    raise RenderError(f"{where}: {path!r}: {len(matches)} list items with {key}")
                 value = matches[0]
             else:
-                value = value[int(key)]
+                try:
+                    value = value[int(key)]
+                except (ValueError, IndexError):
+                    raise RenderError(f"{where}: {path!r}: no list item {key!r}") from None
         elif isinstance(value, dict) and key in value:
             value = value[key]
         else:
             raise RenderError(f"{where}: no key {key!r} on the path {path!r}")
     return value
+
+
+def evidence_value(record, spec, where: str):
+    """A key path, or {"ratio": [path, path]}: the first value divided by the second."""
+    if isinstance(spec, dict) and set(spec) == {"ratio"}:
+        numerator, denominator = (lookup(record, path, where) for path in spec["ratio"])
+        return numerator / denominator
+    return lookup(record, spec, where)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,7 +266,7 @@ class Renderer:
             evidence = []
             for item in verdict["evidence"]:
                 source, path = self.load(item["record"], where)
-                values = {name: lookup(source, key, f"{where}: {item['record']}")
+                values = {name: evidence_value(source, key, f"{where}: {item['record']}")
                           for name, key in item.get("values", {}).items()}
                 try:
                     text = item["text"].format(**values)
