@@ -304,11 +304,16 @@ def stale_pages(root: Path = REPO) -> list[Path]:
     return [page for page in renderer.pages() if renderer.page(page) != page.read_text()]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnlab report", description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true",
                         help="write nothing; list the pages that differ from their records and exit 1 if any")
     parser.add_argument("--root", default=".", help="the repository root (README.md and results/ in it)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     if not (root / "results").is_dir() or not (root / "README.md").is_file():
