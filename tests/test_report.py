@@ -190,3 +190,44 @@ def test_report_outside_a_checkout_is_one_line(tmp_path, capsys):
 def test_block_options_are_parsed_with_quotes():
     assert Block.parse('results/a.json section="Two words" plot=results/a.png', Path("p.md")) == Block(
         "results/a.json", section="Two words", plot="results/a.png")
+
+
+# Figures on the pages that are not measurements: the seeds' own claims, code defaults and thresholds. Anything else
+# that looks like a measured figure (a ratio, a time, a share, a 3-decimal loss) must come from a render block.
+NOT_MEASURED = {
+    "docs/benchmarks.md": {"20%"},  # the subnormal check's threshold
+    "docs/subnormals.md": {"20 %"},  # the same threshold
+    "docs/timeseries.md": {"20 %", "0.15"},  # the default test share; a statsmodels version
+    "docs/workbench.md": {"5%", "900 s", "1.15"},  # the demo's warmup and time limit; an accelerate version
+    "docs/members/depth_recurrent.md": {"1.2271", "0.025", "0.005"},  # the seed's claimed bits/byte; defaults
+    "docs/members/evolving.md": {"99%", "5.39", "99.8%", "0.85"},  # the seed's claims; the default decay
+    "docs/members/vqlnmlp.md": {"0.01"},  # the randn position code's scale
+}
+FIGURE = re.compile(r"(?<![\w.=/-])(\d+(?:\.\d+)?x|\d+\.\d{2,}|\d[\d,.]*\s?(?:ms|MB|GB|s|min|tokens/s|%))(?![\w])")
+VERSION = re.compile(r"(?:transformers|torch|accelerate|statsmodels|lm_eval|onnxruntime|Python) \d+(?:\.\d+)+")
+
+
+def hand_typed_figures(text: str) -> list[str]:
+    text = report.BLOCK.sub("", text)
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    text = re.sub(r"(\d(?:\.\d+)*)((?:, | and | or |/)\d(?:\.\d+)+)+", r"\1", text)  # "5.23 and 5.24" lists
+    text = VERSION.sub("", re.sub(r"(\d\.\d+)(, | and | or |/)(\d\.\d+)", r"\1", text))
+    text = re.sub(r"\b5\.2[34]\b", "", text)  # transformers releases named alone ("5.24 renamed ...")
+    text = re.sub(r"\b2\.13\b", "", text)  # the torch release the records name
+    return FIGURE.findall(text)
+
+
+def test_pages_type_no_measured_figures_outside_render_blocks():
+    offenders = {}
+    for page in Renderer(REPO).pages():
+        name = page.relative_to(REPO).as_posix()
+        extra = sorted(set(hand_typed_figures(page.read_text())) - NOT_MEASURED.get(name, set()))
+        if extra:
+            offenders[name] = extra
+    assert not offenders, f"figures typed by hand (put them in a render block of their record): {offenders}"
+
+
+def test_the_figure_check_sees_a_typed_ratio():
+    assert hand_typed_figures("elita trains 3.15x faster; loss 1.928 in 12 ms") == ["3.15x", "1.928", "12 ms"]
+    assert hand_typed_figures("<!-- render: results/a.json -->\n3.15x\n<!-- /render -->\n`1.25x` and transformers 5.24") == []
