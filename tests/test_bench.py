@@ -191,3 +191,23 @@ def test_lm_model_lrs_refuses_a_bad_entry(tmp_path, item, message):
     with pytest.raises(ValueError, match=message):
         bench.main(["lm", "--quick", "--models", "llama", "elita", "--model-lrs", item,
                     "--output-dir", str(tmp_path)])
+
+
+def test_lm_continues_from_the_runs_it_finished_and_refuses_other_folders(tmp_path, monkeypatch, capsys):
+    from attnlab.workbench import bench_lm
+
+    argv = ["lm", "--quick", "--models", "llama", "--model-lrs", "llama=0.01", "--seeds", "0",
+            "--output-dir", str(tmp_path)]
+    first = json.loads(bench.main(argv).with_suffix(".json").read_text())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("attnlab.workbench.training.train", no_training)
+    second = json.loads(bench.main(argv).with_suffix(".json").read_text())
+    assert "reusing the finished run" in capsys.readouterr().out
+    assert second["sweep"][0]["final"] == first["sweep"][0]["final"]
+    run = next((tmp_path / "bench-lm-runs").glob("llama-*"))
+    (run / bench_lm.RUN_MARK).write_text(json.dumps({"library": "older code"}))
+    with pytest.raises(ValueError, match="holds another run"):
+        bench.main(argv)

@@ -1,7 +1,9 @@
 """`attnlab bench lm`: held-out Shakespeare at equal parameters and tokens, through the workbench's own training
 loop (`attnlab train`), a learning-rate sweep, then seeds at the best rate."""
 
+import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from .bench_common import _preset_values, save_log_x_plot, shape_overrides
@@ -31,7 +33,10 @@ def lm(args, info: dict) -> dict:
             final_eval_blocks=args.final_eval_blocks, save_every=0, seed=seed, num_threads=args.num_threads,
             compile=args.compile, train_files=args.train_files, validation_files=args.validation_files,
             output_dir=str(work / f"{name}-lr{lr:g}-seed{seed}"))
-        metrics = train(train_args)
+        metrics = finished_run(train_args)
+        if metrics is None:
+            metrics = train(train_args)
+            Path(train_args.output_dir, RUN_MARK).write_text(json.dumps(dict(library=library_fingerprint())))
         print(f"lm {name:20s} lr {lr:g} seed {seed}: held-out loss {metrics['final_eval']['loss']:.4f} "
               f"({metrics['train_seconds']:.0f} s)", flush=True)
         return dict(model=name, lr=lr, seed=seed, parameters=metrics["parameters"], tokens=metrics["tokens"],
@@ -85,6 +90,39 @@ def plot_lm(path: Path, sweep: list[dict], models: list[str]):
                   label=name)
     save_log_x_plot(figure, axes, path, "peak learning rate", "held-out loss (nats per byte)",
                     "LM: held-out loss per learning rate (first seed)")
+
+
+RUN_MARK = "bench_run.json"  # the model library's fingerprint at training time, beside the run's metrics.json
+
+
+def library_fingerprint() -> str:
+    """A hash of the model library's source (attnlab/*.py, what a run's numbers depend on beyond its options)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parents[1].glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def finished_run(train_args) -> dict | None:
+    """The metrics of a run this benchmark already finished in `train_args.output_dir` with the same options and the
+    same model library, so an interrupted `attnlab bench lm` continues where it stopped; None when there is none.
+    A folder that holds anything else is refused rather than reused or replaced."""
+    folder = Path(train_args.output_dir)
+    if not folder.exists():
+        return None
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        mark = json.loads((folder / RUN_MARK).read_text())
+    except (OSError, ValueError):
+        metrics = mark = None
+    # Options left None are resolved by the run (mixed precision, tokenizer) and recorded resolved.
+    wanted = {k: v for k, v in asdict(train_args).items() if k != "num_threads" and v is not None}
+    if (metrics is None or {k: metrics.get("args", {}).get(k) for k in wanted} != wanted
+            or metrics.get("steps") != train_args.max_steps or mark.get("library") != library_fingerprint()):
+        raise ValueError(f"{folder} holds another run (other options, an unfinished run, or older model code): "
+                         f"remove it or choose another --work-dir")
+    print(f"reusing the finished run in {folder}")
+    return metrics
 
 
 def model_rates(args) -> dict[str, list[float]]:
