@@ -18,7 +18,6 @@ import csv
 import json
 import math
 import shutil
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -31,7 +30,6 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 from transformers.utils import logging as transformers_logging
 
@@ -39,14 +37,12 @@ from ..configuration_vqlnmlp import VQLNMLPConfig
 from ..members import TIME_SERIES_MEMBERS
 from ..modeling_vqlnmlp import VQLNMLPForPrediction
 from .training import (
-    CHECKPOINT_PREFIX,
     METRICS_FILE,
-    TRAINER_STATE,
-    endless_batches,
+    comparable_config,
     last_checkpoint,
-    out_of_time_everywhere,
     parse_overrides,
-    save_checkpoint,
+    resume_state,
+    training_loop,
 )
 
 DEFAULT_SERIES = "formaldehyde_y+w.csv"   # the seed's training series (733 points, every 2 minutes for 24.4 h)
@@ -470,15 +466,13 @@ class TimeSeriesTrainArgs:
     eval_every: int = field(default=0, metadata={"help": "validation MSE every N steps (0: only at the end)"})
     save_every: int = field(default=200, metadata={"help": "checkpoint every N steps (0: only at the time limit)"})
     time_limit: float | None = field(default=None, metadata={"help": "stop after this many seconds, checkpoint"})
+    skip_nonfinite: bool = field(default=False, metadata={
+        "help": "skip an optimizer step whose training loss is NaN or infinite (counted in metrics.json's "
+                "skipped_steps) instead of stopping the run with an error"})
     output_dir: str = field(default="outputs/vqlnmlp", metadata={"help": "where checkpoints, the model and metrics go"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation (codebook included) and data order"})
     num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process (1 suits tiny models)"})
-
-
-RESUME_KEYS = ("model", "csv_file", "column", "fill", "split", "validation_fraction", "context_length", "prediction_length",
-               "d_model", "codebook_size", "num_heads", "position_code", "trainable_codebook", "use_attention",
-               "config_overrides", "batch_size", "num_epochs", "learning_rate", "max_grad_norm", "seed")
 
 
 def build_config(args: TimeSeriesTrainArgs, split: SeriesSplit, channels: int) -> VQLNMLPConfig:
@@ -497,25 +491,11 @@ def build_config(args: TimeSeriesTrainArgs, split: SeriesSplit, channels: int) -
     return config_class(**{**values, **overrides})
 
 
-def check_resume(args: TimeSeriesTrainArgs, accelerator: Accelerator) -> dict:
-    checkpoint = last_checkpoint(args.output_dir)
-    if checkpoint is None:
-        raise FileNotFoundError(f"--resume: no {CHECKPOINT_PREFIX}* folder in {args.output_dir}")
-    state = json.loads((checkpoint / TRAINER_STATE).read_text())
-    saved = {**state["args"], "num_processes": state["num_processes"]}
-    current = {**asdict(args), "num_processes": accelerator.num_processes}
-    for key in (*RESUME_KEYS, "num_processes"):
-        if saved.get(key) != current[key]:
-            raise ValueError(f"--resume: {checkpoint} was trained with {key}={saved.get(key)!r}, this run has "
-                             f"{key}={current[key]!r}; use the same value or another --output_dir")
-    accelerator.load_state(str(checkpoint))
-    return state
-
-
 def train_timeseries(args: TimeSeriesTrainArgs, progress: bool = True,
                      on_step: Callable[[int, float], None] | None = None) -> dict:
     """Train on the split, evaluate, save a Hub-ready folder; returns the metrics also written to metrics.json.
-    Checkpoints (every `save_every` steps and at the time limit) let `resume=True` continue exactly."""
+    The steps run in the workbench's training loop (training.training_loop): checkpoints every `save_every` steps
+    and at the time limit, which `resume=True` continues exactly, and the guard against non-finite losses."""
     output_dir = Path(args.output_dir)
     if not args.resume and last_checkpoint(output_dir) is not None:
         raise ValueError(f"{output_dir} already holds a checkpoint; pass --resume to continue it or choose another "
@@ -532,6 +512,7 @@ def train_timeseries(args: TimeSeriesTrainArgs, progress: bool = True,
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
     loader = DataLoader(TensorDataset(split.train.inputs, split.train.targets), batch_size=args.batch_size,
                         shuffle=True)
+    model_config = comparable_config(model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     max_steps = args.num_epochs * len(loader)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -540,53 +521,28 @@ def train_timeseries(args: TimeSeriesTrainArgs, progress: bool = True,
                       f"{len(split.train)} training and {len(split.validation)} validation windows of "
                       f"{args.context_length} ({args.split} split) | {max_steps} steps")
     state = dict(step=0, batches=0, train_seconds=0.0, train_loss=[], eval=[], args=asdict(args),
-                 num_processes=accelerator.num_processes)
+                 num_processes=accelerator.num_processes, config=model_config)
     if args.resume:
-        state = check_resume(args, accelerator)
+        state = resume_state(args, accelerator, model_config)
         accelerator.print(f"resumed from step {state['step']} of {max_steps}")
 
     def evaluate():
         return one_step_mse(model_forecaster(accelerator.unwrap_model(model).eval()), split.validation,
                             split.loc, split.scale)
 
-    bar = tqdm(total=max_steps, initial=state["step"], desc="training", unit="step",
-               disable=not (progress and accelerator.is_local_main_process))
-    start, seconds_before = time.perf_counter(), state["train_seconds"]
-    out_of_time = False
-    batches = endless_batches(accelerator, loader, state["batches"]) if state["step"] < max_steps else iter(())
-    model.train()
-    for inputs, targets in batches:
-        loss = model(**masked(inputs), future_values=targets.nan_to_num(),
+    def periodic_evaluation():
+        result = evaluate()
+        return result, f"validation MSE {result['mse_standardised']:.5f} (standardised)"
+
+    def loss_of(batch):
+        inputs, targets = batch
+        return model(**masked(inputs), future_values=targets.nan_to_num(),
                      future_observed_mask=torch.isfinite(targets)).loss
-        accelerator.backward(loss)
-        if args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
-        step_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
-        state["step"] += 1
-        state["batches"] += 1
-        state["train_seconds"] = seconds_before + time.perf_counter() - start
-        state["train_loss"].append(step_loss)
-        bar.update()
-        bar.set_postfix(loss=f"{step_loss:.4f}")
-        done = state["step"] == max_steps
-        if args.eval_every and state["step"] % args.eval_every == 0 and not done:
-            result = evaluate()
-            model.train()
-            state["eval"].append(dict(step=state["step"], **result))
-            if accelerator.is_main_process and progress:
-                tqdm.write(f"step {state['step']}: validation MSE {result['mse_standardised']:.5f} (standardised)")
-        out_of_time = args.time_limit is not None and out_of_time_everywhere(accelerator, start, args.time_limit)
-        if out_of_time or (args.save_every and state["step"] % args.save_every == 0 and not done):
-            save_checkpoint(accelerator, output_dir, state)
-        if on_step is not None:
-            on_step(state["step"], step_loss)
-        if done or out_of_time:
-            break
-    bar.close()
-    if state["step"] < max_steps:
-        accelerator.print(f"stopped at step {state['step']} of {max_steps}; --resume continues from here")
+
+    training_loop(accelerator, model, optimizer, loader, state, loss_of, max_steps=max_steps, output_dir=output_dir,
+                  max_grad_norm=args.max_grad_norm, skip_nonfinite=args.skip_nonfinite, eval_every=args.eval_every,
+                  evaluate=periodic_evaluation, save_every=args.save_every, time_limit=args.time_limit,
+                  on_step=on_step, progress=progress)
 
     unwrapped = accelerator.unwrap_model(model).eval()
     final = evaluate()
@@ -594,7 +550,7 @@ def train_timeseries(args: TimeSeriesTrainArgs, progress: bool = True,
                    max_steps=max_steps, train_seconds=round(state["train_seconds"], 2), split=args.split,
                    train_windows=len(split.train), validation_windows=len(split.validation), final_eval=final,
                    eval=state["eval"], train_loss=state["train_loss"], args=asdict(args),
-                   num_processes=accelerator.num_processes)
+                   num_processes=accelerator.num_processes, skipped_steps=state.get("skipped_steps", 0))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped.save_pretrained(output_dir)

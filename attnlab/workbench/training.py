@@ -130,8 +130,14 @@ class TrainArgs:
 RESUME_FREE_KEYS = ("eval_every", "eval_blocks", "final_eval_blocks", "save_every", "time_limit", "output_dir",
                     "resume", "overwrite_output_dir", "num_threads", "compile", "compile_backend", "skip_nonfinite",
                     "keep_subnormals")
-RESUME_KEYS = tuple(name for name in TrainArgs.__dataclass_fields__ if name not in RESUME_FREE_KEYS)
-_DEFAULTS = asdict(TrainArgs())
+
+
+def resume_keys(args_class) -> tuple[str, ...]:
+    """The options of a trainer's arguments dataclass that a resumed run must share with its checkpoint."""
+    return tuple(name for name in args_class.__dataclass_fields__ if name not in RESUME_FREE_KEYS)
+
+
+RESUME_KEYS = resume_keys(TrainArgs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -473,8 +479,9 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, mod
     accelerator.wait_for_everyone()
 
 
-def resume_state(args: TrainArgs, accelerator: Accelerator, config: dict) -> dict:
-    """Load the last checkpoint into the prepared objects and return its trainer state.
+def resume_state(args, accelerator: Accelerator, config: dict) -> dict:
+    """Load the last checkpoint into the prepared objects and return its trainer state; `args` is a trainer's
+    arguments dataclass (TrainArgs, or the time-series trainer's).
 
     Refused, naming the first difference, when the checkpoint was made with another option that shapes the data or
     the model (every option but RESUME_FREE_KEYS), another number of processes or another model config (a config
@@ -490,8 +497,9 @@ def resume_state(args: TrainArgs, accelerator: Accelerator, config: dict) -> dic
         raise ValueError(f"--resume: {checkpoint / TRAINER_STATE} is missing or unreadable ({error}); delete "
                          f"{checkpoint} to start again") from None
     current = {**asdict(args), "num_processes": accelerator.num_processes}
-    for key in (*RESUME_KEYS, "num_processes"):
-        if saved.get(key, _DEFAULTS.get(key)) != current[key]:  # a key added since: its default
+    defaults = asdict(type(args)())
+    for key in (*resume_keys(type(args)), "num_processes"):
+        if saved.get(key, defaults.get(key)) != current[key]:  # a key added since: its default
             raise ValueError(f"--resume: {checkpoint} was trained with {key}={saved.get(key)!r}, this run has "
                              f"{key}={current[key]!r}; use the same value or another --output_dir")
     for key, value in state.get("config", {}).items():
@@ -587,67 +595,19 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
         except NonFiniteLossError as error:
             raise ValueError(f"step {state['step']}: the held-out evaluation failed: {error}") from None
 
-    progress = tqdm(total=args.max_steps, initial=state["step"], desc="training", unit="step",
-                    disable=not accelerator.is_local_main_process)
-    start, start_step = time.perf_counter(), state["step"]
-    seconds_before = state["train_seconds"]
-    model.train()
-    step_losses, step_seconds, step_start = [], [], start
-    for batch in endless_batches(accelerator, train_loader, state["batches"]):
-        with accelerator.accumulate(model):
-            # The model shifts the labels itself, as in its own loss_function.
-            loss = forward(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False).loss
-            accelerator.backward(loss)
-            step_losses.append(loss.detach())
-            if accelerator.sync_gradients:
-                # Every process sees the same mean, so all of them step, skip or stop together.
-                step_loss = accelerator.reduce(torch.stack(step_losses).mean(), reduction="mean").item()
-                step_losses = []
-                if not math.isfinite(step_loss) and not args.skip_nonfinite:
-                    raise ValueError(
-                        f"step {state['step'] + 1}: the training loss is {step_loss} (not finite); "
-                        + (f"{last_checkpoint(output_dir).name} is kept for --resume; "
-                           if last_checkpoint(output_dir) else "") +
-                        "lower --learning_rate or --max_grad_norm, or pass --skip_nonfinite to skip such steps")
-                if math.isfinite(step_loss):
-                    if args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    optimizer.step()  # the prepared optimizer and scheduler only step when gradients sync
-                else:
-                    state["skipped_steps"] = state.get("skipped_steps", 0) + 1
-                    tqdm.write(f"step {state['step'] + 1}: training loss {step_loss}, optimizer step skipped "
-                               "(--skip_nonfinite)")
-            scheduler.step()  # the schedule moves on over a skipped step, so the run still ends at max_steps
-            optimizer.zero_grad()
-        state["batches"] += 1
-        if not accelerator.sync_gradients:
-            continue
-        state["step"] += 1
-        state["tokens"] += tokens_per_step
-        state["train_seconds"] = seconds_before + time.perf_counter() - start
-        state["train_loss"].append(step_loss)
-        step_seconds.append(time.perf_counter() - step_start)
-        speed = tokens_per_step * (state["step"] - start_step) / (time.perf_counter() - start)
-        progress.update()
-        progress.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{speed:,.0f}")
-        done = state["step"] == args.max_steps
-        if args.eval_every and state["step"] % args.eval_every == 0 and not done:
-            result = evaluate(args.eval_blocks)
-            state["eval"].append(dict(step=state["step"], **result.to_dict()))
-            if accelerator.is_main_process:
-                tqdm.write(f"step {state['step']}: held-out {result}")
-        out_of_time = args.time_limit is not None and out_of_time_everywhere(accelerator, start, args.time_limit)
-        if out_of_time or (args.save_every and state["step"] % args.save_every == 0 and not done):
-            save_checkpoint(accelerator, output_dir, state, model)
-        if on_step is not None:
-            on_step(state["step"], step_loss)
-        if done or out_of_time:
-            break
-        step_start = time.perf_counter()  # evaluations and checkpoints are not step time
-    progress.close()
-    if state["step"] < args.max_steps:
-        accelerator.print(f"time limit of {args.time_limit:g} s reached at step {state['step']} of {args.max_steps}; "
-                          "--resume continues from here")
+    def periodic_evaluation():
+        result = evaluate(args.eval_blocks)
+        return result.to_dict(), f"held-out {result}"
+
+    def loss_of(batch):
+        # The model shifts the labels itself, as in its own loss_function.
+        return forward(input_ids=batch["input_ids"], labels=batch["input_ids"], use_cache=False).loss
+
+    step_seconds = training_loop(
+        accelerator, model, optimizer, train_loader, state, loss_of, max_steps=args.max_steps, output_dir=output_dir,
+        scheduler=scheduler, max_grad_norm=args.max_grad_norm, skip_nonfinite=args.skip_nonfinite,
+        eval_every=args.eval_every, evaluate=periodic_evaluation, save_every=args.save_every,
+        time_limit=args.time_limit, tokens_per_step=tokens_per_step, on_step=on_step)
 
     final = evaluate(args.final_eval_blocks)
     metrics = dict(model=args.model, preset=args.preset, parameters=num_parameters, steps=state["step"],
@@ -664,6 +624,93 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
         # Complete: the checkpoint's pickles (optimizer, RNG states) go, leaving a folder ready for the Hub.
         shutil.rmtree(last_checkpoint(output_dir), ignore_errors=True)
     return metrics
+
+
+def training_loop(accelerator: Accelerator, model, optimizer, loader, state: dict,
+                  loss_of: Callable[[object], torch.Tensor], *, max_steps: int, output_dir: Path, scheduler=None,
+                  max_grad_norm: float = 0.0, skip_nonfinite: bool = False, eval_every: int = 0,
+                  evaluate: Callable[[], tuple[dict, str]] | None = None, save_every: int = 0,
+                  time_limit: float | None = None, tokens_per_step: int | None = None,
+                  on_step: Callable[[int, float], None] | None = None, progress: bool = True) -> list[float]:
+    """The optimizer steps of a run, shared by every trainer: from `state` (a new run's or a checkpoint's) to
+    `max_steps` or the time limit. Returns this process's wall time of each step it ran (for step_timing).
+
+    `model`, `optimizer`, `loader` and `scheduler` (optional) are prepared by `accelerator`; `loss_of(batch)` is the
+    mean loss of one micro-batch, gradient accumulation comes from the accelerator. `state` is updated in place (and
+    is what each checkpoint saves): step, batches (micro-batches seen, where a resumed run picks up the data),
+    train_seconds (continued across resumes), train_loss (one value per step), eval (`evaluate()`'s record every
+    `eval_every` steps, its text printed), skipped_steps and, with `tokens_per_step`, tokens. A non-finite step loss
+    stops the run naming the step, or with `skip_nonfinite` leaves the weights unchanged. Checkpoints come every
+    `save_every` steps and at the time limit; `on_step(step, loss)` is called after each step's checkpoint.
+    """
+    if state["step"] >= max_steps:  # a checkpoint of a finished run: nothing is left to train
+        return []
+    bar = tqdm(total=max_steps, initial=state["step"], desc="training", unit="step",
+               disable=not (progress and accelerator.is_local_main_process))
+    start, start_step = time.perf_counter(), state["step"]
+    seconds_before = state["train_seconds"]
+    model.train()
+    step_losses, step_seconds, step_start = [], [], start
+    for batch in endless_batches(accelerator, loader, state["batches"]):
+        with accelerator.accumulate(model):
+            loss = loss_of(batch)
+            accelerator.backward(loss)
+            step_losses.append(loss.detach())
+            if accelerator.sync_gradients:
+                # Every process sees the same mean, so all of them step, skip or stop together.
+                step_loss = accelerator.reduce(torch.stack(step_losses).mean(), reduction="mean").item()
+                step_losses = []
+                if not math.isfinite(step_loss) and not skip_nonfinite:
+                    raise ValueError(
+                        f"step {state['step'] + 1}: the training loss is {step_loss} (not finite); "
+                        + (f"{last_checkpoint(output_dir).name} is kept for --resume; "
+                           if last_checkpoint(output_dir) else "") +
+                        "lower --learning_rate or --max_grad_norm, or pass --skip_nonfinite to skip such steps")
+                if math.isfinite(step_loss):
+                    if max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                    optimizer.step()  # the prepared optimizer and scheduler only step when gradients sync
+                else:
+                    state["skipped_steps"] = state.get("skipped_steps", 0) + 1
+                    tqdm.write(f"step {state['step'] + 1}: training loss {step_loss}, optimizer step skipped "
+                               "(--skip_nonfinite)")
+            if scheduler is not None:
+                scheduler.step()  # the schedule moves on over a skipped step, so the run still ends at max_steps
+            optimizer.zero_grad()
+        state["batches"] += 1
+        if not accelerator.sync_gradients:
+            continue
+        state["step"] += 1
+        state["train_seconds"] = seconds_before + time.perf_counter() - start
+        state["train_loss"].append(step_loss)
+        step_seconds.append(time.perf_counter() - step_start)
+        bar.update()
+        if tokens_per_step is None:
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+        else:
+            state["tokens"] += tokens_per_step
+            speed = tokens_per_step * (state["step"] - start_step) / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{speed:,.0f}")
+        done = state["step"] == max_steps
+        if evaluate is not None and eval_every and state["step"] % eval_every == 0 and not done:
+            record, text = evaluate()
+            model.train()
+            state["eval"].append(dict(step=state["step"], **record))
+            if accelerator.is_main_process and progress:
+                tqdm.write(f"step {state['step']}: {text}")
+        out_of_time = time_limit is not None and out_of_time_everywhere(accelerator, start, time_limit)
+        if out_of_time or (save_every and state["step"] % save_every == 0 and not done):
+            save_checkpoint(accelerator, output_dir, state, model)
+        if on_step is not None:
+            on_step(state["step"], step_loss)
+        if done or out_of_time:
+            break
+        step_start = time.perf_counter()  # evaluations and checkpoints are not step time
+    bar.close()
+    if state["step"] < max_steps:
+        accelerator.print(f"time limit of {time_limit:g} s reached at step {state['step']} of {max_steps}; "
+                          "--resume continues from here")
+    return step_seconds
 
 
 def step_timing(step_seconds: list[float], compiled: bool) -> dict:
