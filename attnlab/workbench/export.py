@@ -213,8 +213,8 @@ def export_record(path: Path) -> dict | None:
 
 
 def check_lengths(length: int, max_length: int) -> list[int]:
-    """Two sequence lengths other than the export length, within [2, max_length]: one longer, one shorter where
-    they fit (odd, so not a multiple of the members' chunk sizes)."""
+    """Two sequence lengths other than the export length, within [2, max_length]: a longer one (2N+1, odd, so not
+    a multiple of the members' chunk sizes) and a shorter one (N/2+1) where they fit."""
     chosen = []
     for candidate in (2 * length + 1, length // 2 + 1, length + 1, length - 1, 3, 2):
         if 2 <= candidate <= max_length and candidate != length and candidate not in chosen:
