@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from attnlab.members import HYBRIDS, MEMBERS
-from attnlab.workbench.bench import run_info, write_report
+from attnlab.workbench.bench_common import run_info, write_report
 from attnlab.workbench.data import shakespeare_text
 
 MODELS = {**MEMBERS, **HYBRIDS}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.workbench.bench import _preset_values, build_model, run_info, shape_overrides, write_report
+from attnlab.workbench.bench_common import _preset_values, build_model, run_info, shape_overrides, write_report
 from attnlab.workbench.bench_subnormal import shakespeare_batches
 from attnlab.workbench.benchmarking import markdown_table
 from attnlab.workbench.subnormals import flush_denormal

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from attnlab.members import HYBRIDS, MEMBERS
-from attnlab.workbench import bench
+from attnlab.workbench import bench, bench_common, bench_copy, bench_mqar, bench_speed
 from attnlab.workbench.benchmarking import PeakMemory, _reset_peak_rss
 from attnlab.workbench.cli import main as cli_main
 
 
 def test_mqar_follows_zoology_definition():
     vocab, seq_len, kv = 512, 256, 16
-    inputs, labels = bench.mqar_examples(200, seq_len, kv, vocab, seed=0)
+    inputs, labels = bench_mqar.mqar_examples(200, seq_len, kv, vocab, seed=0)
     assert inputs.shape == labels.shape == (200, seq_len)
     gaps = []
     for row_inputs, row_labels in zip(inputs.tolist(), labels.tolist()):
@@ -22,7 +22,7 @@ def test_mqar_follows_zoology_definition():
         assert len(set(keys)) == kv and all(1 <= k < vocab // 2 for k in keys)
         assert all(vocab // 2 <= v < vocab for v in values)
         pairs = dict(zip(keys, values))
-        queried = [i for i, label in enumerate(row_labels) if label != bench.IGNORE_INDEX]
+        queried = [i for i, label in enumerate(row_labels) if label != bench_common.IGNORE_INDEX]
         # Every key is queried once, at an even offset of the query region, labelled with its own value ...
         assert sorted(row_inputs[i] for i in queried) == sorted(keys)
         assert all((i - 2 * kv) % 2 == 0 and i >= 2 * kv for i in queried)
@@ -33,32 +33,32 @@ def test_mqar_follows_zoology_definition():
     # Power-law gaps: far more queries near the context than uniform slots would put there (a quarter).
     space = (seq_len - 2 * kv) // 2
     assert sum(g < space // 4 for g in gaps) / len(gaps) > 0.4
-    noisy, noisy_labels = bench.mqar_examples(20, seq_len, kv, vocab, seed=0, random_non_queries=True)
+    noisy, noisy_labels = bench_mqar.mqar_examples(20, seq_len, kv, vocab, seed=0, random_non_queries=True)
     assert torch.equal(noisy_labels, labels[:20]) and (noisy[:, 2 * kv:] != 0).float().mean() > 0.9
     with pytest.raises(ValueError, match="vocab_size"):
-        bench.mqar_examples(1, 64, 4, 64, seed=0)
+        bench_mqar.mqar_examples(1, 64, 4, 64, seed=0)
 
 
 def fixed_offset_accuracy(inputs, scored, offset):
     """Accuracy of the head that predicts the token `offset` positions back, on the scored positions."""
     predictions = torch.roll(inputs, offset, dims=1)
-    keep = scored != bench.IGNORE_INDEX
+    keep = scored != bench_common.IGNORE_INDEX
     keep[:, :offset] = False
     return (predictions[keep] == scored[keep]).float().mean().item()
 
 
 def test_copy_task_forms():
     generator = torch.Generator().manual_seed(0)
-    inputs, targets, scored = bench.copy_batch(64, 64, 32, "fixed", generator)
+    inputs, targets, scored = bench_copy.copy_batch(64, 64, 32, "fixed", generator)
     assert inputs.shape == targets.shape == scored.shape == (64, 63)
     assert torch.equal(inputs[:, 1:], targets[:, :-1])
     # The seed's form: the copied half (targets from position half - 1 on) is solved by a fixed offset.
-    assert (scored[:, :31] == bench.IGNORE_INDEX).all() and (scored[:, 31:] != bench.IGNORE_INDEX).all()
+    assert (scored[:, :31] == bench_common.IGNORE_INDEX).all() and (scored[:, 31:] != bench_common.IGNORE_INDEX).all()
     assert fixed_offset_accuracy(inputs, scored, 31) == 1.0
-    inputs, targets, scored = bench.copy_batch(64, 64, 32, "variable", generator)
+    inputs, targets, scored = bench_copy.copy_batch(64, 64, 32, "variable", generator)
     for row_inputs, row_scored in zip(inputs, scored):
         m = int((row_inputs == 0).nonzero()[0])  # the separator follows the segment
-        assert torch.equal(row_scored[row_scored != bench.IGNORE_INDEX], row_inputs[:m])
+        assert torch.equal(row_scored[row_scored != bench_common.IGNORE_INDEX], row_inputs[:m])
     # No single offset solves the variable form.
     assert max(fixed_offset_accuracy(inputs, scored, offset) for offset in range(1, 40)) < 0.5
 
@@ -66,23 +66,23 @@ def test_copy_task_forms():
 def test_decoding_state_floats():
     values = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   max_position_embeddings=128)
-    llama = bench.build_model("llama", values)
+    llama = bench_common.build_model("llama", values)
     # Keys and values of every layer and position.
-    assert bench.decoding_state_floats(llama, 40) == 2 * 2 * 32 * 40
-    elita = bench.build_model("elita", values)
-    assert bench.decoding_state_floats(elita, 16) == bench.decoding_state_floats(elita, 64) > 0
+    assert bench_common.decoding_state_floats(llama, 40) == 2 * 2 * 32 * 40
+    elita = bench_common.build_model("elita", values)
+    assert bench_common.decoding_state_floats(elita, 16) == bench_common.decoding_state_floats(elita, 64) > 0
 
 
 def test_llama_matched_to_the_mean_and_shallow_hybrids_keep_attention():
     values = dict(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                   max_position_embeddings=64)
     models = [*MEMBERS, *HYBRIDS, "llama"]
-    overrides, counts = bench.shape_overrides(models, values, "params")
+    overrides, counts = bench_common.shape_overrides(models, values, "params")
     mean = sum(counts[name] for name in models if name != "llama") / (len(models) - 1)
     assert abs(counts["llama"] - mean) / mean < 0.01
     for name in HYBRIDS:  # the registry's layout rule, at the benchmark's depth
-        assert bench.build_config(name, {**values, **overrides[name]}).mixer_types == [name.split("_")[0], "attention"]
-        assert bench.build_config(name, {**values, **overrides[name]}).mixer_types[-1] == "attention"
+        assert bench_common.build_config(name, {**values, **overrides[name]}).mixer_types == [name.split("_")[0], "attention"]
+        assert bench_common.build_config(name, {**values, **overrides[name]}).mixer_types[-1] == "attention"
 
 
 def test_quick_suite_through_the_cli(tmp_path):
@@ -96,7 +96,7 @@ def test_quick_suite_through_the_cli(tmp_path):
     assert {r["model"] for r in speed["records"]} == {*MEMBERS, *HYBRIDS, "llama"}
     assert {r["kind"] for r in speed["records"]} == {"train", "forward", "decode"}
     lm = json.loads((tmp_path / "lm-quick.json").read_text())
-    assert len(lm["sweep"]) == 2 * len(bench.DEFAULT_MODELS) and set(lm["best_lr"]) == set(bench.DEFAULT_MODELS)
+    assert len(lm["sweep"]) == 2 * len(bench_common.DEFAULT_MODELS) and set(lm["best_lr"]) == set(bench_common.DEFAULT_MODELS)
     assert (tmp_path / "mqar-quick.png").exists() and (tmp_path / "speed-quick-tiny-fp32.png").exists()
 
 
@@ -114,10 +114,10 @@ def test_speed_compares_compiled_with_eager(tmp_path):
 
 
 def test_only_fixed_state_stacks_run_past_the_quadratic_lengths():
-    assert bench.is_linear("elita", "tiny") and bench.is_linear("elita", "small")
+    assert bench_speed.is_linear("elita", "tiny") and bench_speed.is_linear("elita", "small")
     # A 2-layer elita hybrid has an attention layer (its last), so it is not measured at the long lengths.
-    assert not bench.is_linear("elita_attention", "tiny") and not bench.is_linear("elita_attention", "small")
-    assert not any(bench.is_linear(name, "small") for name in ("triple_product", "evolving", "llama"))
+    assert not bench_speed.is_linear("elita_attention", "tiny") and not bench_speed.is_linear("elita_attention", "small")
+    assert not any(bench_speed.is_linear(name, "small") for name in ("triple_product", "evolving", "llama"))
 
 
 @pytest.mark.skipif(not _reset_peak_rss(), reason="needs Linux's /proc/self/clear_refs")
@@ -157,12 +157,12 @@ def test_speed_arithmetic_from_hand_made_medians(monkeypatch):
     records += [record("elita", "decode", 64, s, round_index=i) for i, s in enumerate([0.005, 0.009, 0.001])]
     records += [record("llama", "train", 64, 0.5, tokens_per_s=1000.0), record("elita", "train", 64, 0.25,
                                                                              tokens_per_s=2500.0)]
-    medians = bench.median_rounds(records)
+    medians = bench_speed.median_rounds(records)
     decode = {r["label"]: r["median_s"] for r in medians if r["kind"] == "decode"}
     assert decode == {"llama": 0.020, "elita": 0.005}
     args = SimpleNamespace(batch_size=4, rounds=3, repeats=5, decode_tokens=8, isolate=False, presets=["tiny"],
                            kinds=["train", "decode"])
-    text = "\n".join(bench.speed_tables(args, {"parameters": {"tiny": {"llama": 1, "elita": 1}}}, medians, ["fp32"]))
+    text = "\n".join(bench_speed.speed_tables(args, {"parameters": {"tiny": {"llama": 1, "elita": 1}}}, medians, ["fp32"]))
     assert "| elita | 5.00 (0.25x) |" in text and "| llama | 20.00 (1.00x) |" in text  # ms per token, time ratio
     assert "| elita | 2500 (2.50x) |" in text  # training: tokens per second and its ratio
 
@@ -173,3 +173,21 @@ def test_speed_arithmetic_from_hand_made_medians(monkeypatch):
     monkeypatch.setitem(benchmarking.MEASURES, "train", lambda *args: (0.5, 1.0))
     assert benchmarking.measure("train", "llama", "tiny", batch_size=4, seq_len=16,
                                 vocab_size=64).tokens_per_s == pytest.approx(4 * 16 / 0.5)
+
+
+def test_lm_model_lrs_replace_the_sweep_for_the_named_models(tmp_path):
+    bench.main(["lm", "--quick", "--models", "llama", "elita", "--model-lrs", "elita=0.02", "--seeds", "0",
+                "--output-dir", str(tmp_path), "--name", "lm-rates"])
+    record = json.loads((tmp_path / "lm-rates.json").read_text())
+    assert sorted((r["model"], r["lr"]) for r in record["sweep"]) == [("elita", 0.02), ("llama", 0.001),
+                                                                       ("llama", 0.003)]
+    assert record["best_lr"]["elita"] == 0.02
+    assert "elita: [0.02] given by --model-lrs" in (tmp_path / "lm-rates.md").read_text()
+
+
+@pytest.mark.parametrize("item, message", [("gpt=0.01", "NAME one of the run's models"), ("elita=-1", "positive"),
+                                           ("elita", "expected NAME=LR")])
+def test_lm_model_lrs_refuses_a_bad_entry(tmp_path, item, message):
+    with pytest.raises(ValueError, match=message):
+        bench.main(["lm", "--quick", "--models", "llama", "elita", "--model-lrs", item,
+                    "--output-dir", str(tmp_path)])

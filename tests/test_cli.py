@@ -15,7 +15,7 @@ import transformers
 from huggingface_hub import constants
 
 from attnlab.members import MEMBERS
-from attnlab.workbench import bench, cli
+from attnlab.workbench import bench, cli, report
 from attnlab.workbench.cli import build_parser, check_demo_folder, generate_text, main
 from attnlab.workbench.data import shakespeare_text
 from attnlab.workbench.evaluation import load_model_and_tokenizer
@@ -181,6 +181,7 @@ def test_every_option_an_error_suggests_exists():
         for action in parser._subparsers._group_actions:
             for subparser in action.choices.values():
                 options |= {s for a in subparser._actions for s in a.option_strings}
+    options |= {s for a in report.build_parser()._actions for s in a.option_strings}  # parses its own options
     named = set()
     for module in ("cli", "training", "data", "evaluation", "hub", "audit", "export"):
         named |= set(re.findall(r"(?<![\w-])--[a-z][a-z_-]+", (WORKBENCH / f"{module}.py").read_text()))

@@ -68,12 +68,12 @@ def test_the_hybrid_layout_rule_at_every_depth(depth):
 
 
 def test_presets_and_the_benchmark_build_hybrids_with_an_attention_layer():
-    from attnlab.workbench import bench
+    from attnlab.workbench import bench_common
 
     for preset in ("tiny", "small"):
         config = HYBRIDS["elita_attention"].preset_config(preset)
         assert "attention" in config.mixer_types and "full_attention" in config.layer_types
-        bench_config = bench.build_config("elita_attention", bench._preset_values(preset, vocab_size=256))
+        bench_config = bench_common.build_config("elita_attention", bench_common._preset_values(preset, vocab_size=256))
         assert bench_config.mixer_types == config.mixer_types
 
 

@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from attnlab.workbench import bench_subnormal
-from attnlab.workbench.bench import build_model
+from attnlab.workbench.bench_common import build_model
 from attnlab.workbench.benchmarking import _sdpa_flops, machine_facts, training_flops
 from attnlab.workbench.subnormals import (LOG_TINY, count_attention_subnormals, count_subnormal,
                                           counting_attention_subnormals, flush_denormal, flush_denormal_enabled)

@@ -99,8 +99,8 @@ def flags_for(change: float, counts: dict, max_change: float = MAX_CHANGE, max_f
 
 
 def subnormal_section(args, info: dict) -> dict:
-    from .bench import BASELINE, build_model, shape_overrides
-    from .bench import _preset_values
+    from .bench_common import BASELINE, build_model, shape_overrides
+    from .bench_common import _preset_values
 
     # One thread: torch.set_flush_denormal sets the calling thread's mode only, not that of running worker threads.
     torch.set_num_threads(1)

@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]):
-    from .bench import run_info, write_report
+    from .bench_common import run_info, write_report
 
     args = build_parser().parse_args(argv)
     if args.quick:

@@ -16,6 +16,7 @@
     attnlab train --model vqlnmlp --csv_file series.csv --column value     # time series: see timeseries.py
     attnlab forecast outputs/vq --horizon 96
     attnlab export outputs/run --format onnx --output run.onnx          # checked against eager at two lengths
+    attnlab report                                                        # README/docs figures from results/
 
 Bad input (a wrong option value, a missing or corrupt file, an unreachable Hub) ends with one line naming the
 problem, never a traceback.
@@ -42,7 +43,7 @@ from . import bench as benchmark_suite
 from .data import load_text_splits, pack_blocks, token_stream
 from .evaluation import (EvalResult, NonFiniteLossError, evaluate_blocks, evaluate_sliding_window,
                          load_model_and_tokenizer)
-from . import export, scaffold, timeseries
+from . import export, report, scaffold, timeseries
 from .hub import CHECKPOINT_PREFIX, publish
 from ..tokenization_attnlab import byte_tokenizer, token_byte_lengths, train_bpe_tokenizer
 from .training import METRICS_FILE, TrainArgs, build_config, train
@@ -329,6 +330,12 @@ def build_parser() -> HfArgumentParser:
                                 add_help=False, prefix_chars="+")
     bench.add_argument("bench_args", nargs="...", help="a section and its options (attnlab bench --help)")
     bench.set_defaults(func=lambda args: benchmark_suite.main(args.bench_args))
+
+    report_parser = commands.add_parser("report", help="render the README's and the docs' figures from the records "
+                                                       "under results/ (--check: fail if a page is stale)",
+                                        add_help=False, prefix_chars="+")
+    report_parser.add_argument("report_args", nargs="...", help="options (attnlab report --help)")
+    report_parser.set_defaults(func=lambda args: sys.exit(report.main(args.report_args)))
     return parser
 
 
