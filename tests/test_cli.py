@@ -183,7 +183,7 @@ def test_every_option_an_error_suggests_exists():
                 options |= {s for a in subparser._actions for s in a.option_strings}
     options |= {s for a in report.build_parser()._actions for s in a.option_strings}  # parses its own options
     named = set()
-    for module in ("cli", "training", "data", "evaluation", "hub", "audit"):
+    for module in ("cli", "training", "data", "evaluation", "hub", "audit", "export"):
         named |= set(re.findall(r"(?<![\w-])--[a-z][a-z_-]+", (WORKBENCH / f"{module}.py").read_text()))
     assert named and not named - options, sorted(named - options)
 

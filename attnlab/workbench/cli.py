@@ -15,6 +15,7 @@
     attnlab bench speed --presets tiny small --compile                    # benchmark suite: speed, mqar, copy, lm
     attnlab train --model vqlnmlp --csv_file series.csv --column value     # time series: see timeseries.py
     attnlab forecast outputs/vq --horizon 96
+    attnlab export outputs/run --format onnx --output run.onnx          # checked against eager at two lengths
     attnlab report                                                        # README/docs figures from results/
 
 Bad input (a wrong option value, a missing or corrupt file, an unreachable Hub) ends with one line naming the
@@ -42,7 +43,7 @@ from . import bench as benchmark_suite
 from .data import load_text_splits, pack_blocks, token_stream
 from .evaluation import (EvalResult, NonFiniteLossError, evaluate_blocks, evaluate_sliding_window,
                          load_model_and_tokenizer)
-from . import report, scaffold, timeseries
+from . import export, report, scaffold, timeseries
 from .hub import CHECKPOINT_PREFIX, publish
 from ..tokenization_attnlab import byte_tokenizer, token_byte_lengths, train_bpe_tokenizer
 from .training import METRICS_FILE, TrainArgs, build_config, train
@@ -301,6 +302,7 @@ def build_parser() -> HfArgumentParser:
     tokenizer.set_defaults(func=tokenizer_command)
 
     timeseries.add_forecast_command(commands)
+    export.add_command(commands)
 
     push = commands.add_parser("push", help="check a saved folder loads as remote code and upload it to the Hub")
     push.add_argument("folder", help="a folder saved by attnlab train or save_pretrained")

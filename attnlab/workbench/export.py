@@ -8,6 +8,11 @@ dimension from 2 to `max_length`; the batch size is fixed at the example's. Opti
 refused with the reason before anything is traced.
 """
 
+import json
+import os
+import tempfile
+import zipfile
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -160,10 +165,10 @@ def cummax_from_masked_max(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, tor
 
 def export_onnx(model: nn.Module, path: str | Path, example_length: int = 16, batch_size: int = 1,
                 max_length: int | None = None, padding: bool = False, cache: str | None = None,
-                program: torch.export.ExportedProgram | None = None) -> Path:
+                program: torch.export.ExportedProgram | None = None, metadata: dict[str, str] | None = None) -> Path:
     """Write the no-cache forward (input_ids -> logits) as an ONNX graph with a symbolic sequence length; returns
-    the path. `program`, a no-cache `export_program` of the model, saves exporting it again. Needs the `onnx` and
-    `onnxscript` packages (onnxruntime runs the graph)."""
+    the path. `program`, a no-cache `export_program` of the model, saves exporting it again; `metadata` goes into
+    the graph's metadata_props. Needs the `onnx` and `onnxscript` packages (onnxruntime runs the graph)."""
     check_options(model, example_length, max_length, padding, cache, decoding_step=False)
     if program is None:
         program = export_program(model, example_length, batch_size, max_length)
@@ -177,8 +182,169 @@ def export_onnx(model: nn.Module, path: str | Path, example_length: int = 16, ba
     if isinstance(length_dim, int):
         raise RuntimeError(f"the ONNX graph came out fixed at length {length_dim}: some operation specialised the "
                            "sequence length")
+    program.model.metadata_props.update(metadata or {})
     program.save(str(path))
     return path
 
 
-__all__ = ["decoding_state", "export_onnx", "export_program"]
+# ---------------------------------------------------------------------------------------------------------------
+# Command line: attnlab export FOLDER --format onnx|torch --output FILE [--length N]
+
+FORMATS = ("onnx", "torch")
+EXPORT_RECORD = "attnlab_export"  # every exported file carries it: ONNX metadata_props, an extra file of a .pt2
+TOLERANCE = 1e-4
+
+
+def export_record(path: Path) -> dict | None:
+    """The record `attnlab export` wrote into an exported file, or None for any other file."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [name for name in archive.namelist() if name.endswith(f"/extra/{EXPORT_RECORD}.json")]
+                return json.loads(archive.read(names[0])) if names else None
+        if find_spec("onnx") is None:
+            return None
+        import onnx
+
+        properties = {entry.key: entry.value for entry in onnx.load(str(path), load_external_data=False).metadata_props}
+        return json.loads(properties[EXPORT_RECORD]) if EXPORT_RECORD in properties else None
+    except Exception:  # not a zip archive nor an ONNX model (or a damaged one): not a file attnlab export wrote
+        return None
+
+
+def check_lengths(length: int, max_length: int) -> list[int]:
+    """Two sequence lengths other than the export length, within [2, max_length]: a longer one (2N+1, odd, so not
+    a multiple of the members' chunk sizes) and a shorter one (N/2+1) where they fit."""
+    chosen = []
+    for candidate in (2 * length + 1, length // 2 + 1, length + 1, length - 1, 3, 2):
+        if 2 <= candidate <= max_length and candidate != length and candidate not in chosen:
+            chosen.append(candidate)
+    return chosen[:2]
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def export_folder(folder: str, format: str, output: str, length: int = 16, tolerance: float = TOLERANCE,
+                  trust_remote_code: bool = False) -> dict:
+    """Export a saved member or hybrid (its no-cache forward, input_ids [1, seq] -> logits) as a torch.export
+    program (.pt2, `torch.export.save`) or an ONNX graph, traced at `length` with the length dynamic, then check the
+    written file against the eager model at two other lengths. The file appears at `output` only once it passed
+    (max abs logit difference <= tolerance); an existing `output` is replaced only if attnlab export wrote it."""
+    from ..members import TIME_SERIES_MEMBERS
+    from .evaluation import load_pretrained
+
+    if format not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    folder_path, output = Path(folder), Path(output)
+    if not (folder_path / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a model folder (no config.json); pass a folder saved by attnlab "
+                                "train or save_pretrained")
+    try:
+        model_type = json.loads((folder_path / "config.json").read_text()).get("model_type")
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"{folder}/config.json is not a JSON object: {error}") from None
+    if model_type in TIME_SERIES_MEMBERS:
+        raise ValueError(f"{folder} holds the time-series member {model_type!r}; attnlab export exports the causal "
+                         "language models (the members and hybrids)")
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder; pass a file path")
+    if format == "torch" and output.suffix != ".pt2":
+        raise ValueError(f"--output {output}: a torch.export program is a .pt2 file (torch.export.load reads only "
+                         f"those); pass {output.with_suffix('.pt2')}")
+    if output.exists() and export_record(output) is None:
+        raise ValueError(f"--output {output} exists and was not written by attnlab export; it is left alone: choose "
+                         "another path or delete it")
+    if format == "onnx":
+        missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if find_spec(name) is None]
+        if missing:
+            raise ValueError(f"--format onnx needs {', '.join(missing)} (exporting, and checking the graph): pip "
+                             "install onnx onnxscript onnxruntime, or attnlab's dev extra")
+    model = load_pretrained(str(folder_path), trust_remote_code=trust_remote_code, dtype=torch.float32).eval()
+    if not hasattr(model.config, "mixer_types"):
+        raise ValueError(f"{folder} holds a {model_type!r} model ({type(model).__name__}); attnlab export exports "
+                         "attnlab members and hybrids")
+    max_length = check_options(model, length, None, False, None, decoding_step=False)
+    lengths = check_lengths(length, max_length)
+    if len(lengths) < 2:
+        raise ValueError(f"--length {length}: max_position_embeddings={max_length} leaves no two other lengths to "
+                         "check the export at")
+    record = json.dumps(dict(folder=str(folder), model_type=model_type, format=format, length=length))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # Written in a temporary folder beside the output (same file system, so the move is a rename), under its final
+    # name (an ONNX graph's external weights, if any, are named after it), and moved only once checked.
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".attnlab-export-") as scratch:
+        written = Path(scratch) / output.name
+        try:
+            if format == "torch":
+                torch.export.save(export_program(model, example_length=length), written,
+                                  extra_files={f"{EXPORT_RECORD}.json": record})
+                run = torch.export.load(written).module()  # the file as written, not the program in memory
+            else:
+                import onnxruntime
+
+                export_onnx(model, written, example_length=length, metadata={EXPORT_RECORD: record})
+                session = onnxruntime.InferenceSession(str(written))
+
+                def run(input_ids):
+                    return torch.from_numpy(session.run(None, {"input_ids": input_ids.numpy()})[0])
+        except Exception as error:  # torch.export and the ONNX exporter fail in many ways: one line, the first
+            raise ValueError(f"{model_type} cannot be exported as {format}: {_first_line(error)}") from None
+        generator = torch.Generator().manual_seed(0)
+        differences = {}
+        for check in lengths:
+            input_ids = torch.randint(3, model.config.vocab_size, (1, check), generator=generator)
+            with torch.no_grad():
+                eager = model(input_ids=input_ids, use_cache=False).logits
+                difference = (run(input_ids) - eager).abs().max().item()
+            differences[check] = difference
+            if not difference <= tolerance:  # NaN too
+                raise ValueError(f"the exported {format} program differs from the eager model by {difference:.3g} "
+                                 f"at length {check} (tolerance {tolerance:g}); nothing was written to {output}")
+        others = [path for path in Path(scratch).iterdir() if path.name != output.name]
+        for path in others:
+            if (output.parent / path.name).exists():
+                raise ValueError(f"{output.parent / path.name} (the export's external weights) exists; choose "
+                                 "another --output")
+        for path in [written, *others]:
+            os.replace(path, output.parent / path.name)
+    return dict(output=str(output), format=format, model_type=model_type, length=length, max_length=max_length,
+                differences=differences, files=[str(output.parent / path.name) for path in [written, *others]])
+
+
+def export_command(args):
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the loading bar would bury the result (and a one-line error)
+    if args.num_threads is not None:
+        if args.num_threads < 1:
+            raise ValueError(f"--num_threads must be >= 1, got {args.num_threads}")
+        torch.set_num_threads(args.num_threads)
+    result = export_folder(args.folder, args.format, args.output, args.length, args.tolerance, args.trust_remote_code)
+    print(f"exported {args.folder} ({result['model_type']}) as {result['format']} to {result['output']}: traced at "
+          f"length {result['length']}, the sequence length dynamic in [2, {result['max_length']}]")
+    print("max abs logit difference to the eager model: " + " | ".join(
+        f"length {length}: {difference:.2e}" for length, difference in result["differences"].items()))
+
+
+def add_command(commands) -> None:
+    parser = commands.add_parser("export", help="export a saved member or hybrid as ONNX or a torch.export program, "
+                                                "checked against the eager model")
+    parser.add_argument("folder", help="a folder saved by attnlab train (or save_pretrained)")
+    parser.add_argument("--format", required=True, help="onnx (an ONNX graph, run by onnxruntime) or torch (a .pt2 "
+                                                        "program: torch.export.load)")
+    parser.add_argument("--output", required=True, help="the file to write; an existing one only if attnlab export "
+                                                        "wrote it")
+    parser.add_argument("--length", type=int, default=16, help="the sequence length the export is traced at (the "
+                                                               "length stays dynamic)")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help="largest max abs logit difference to eager the check accepts")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="run the modeling code a folder ships (attnlab's own members need no remote code)")
+    parser.add_argument("--num_threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    parser.set_defaults(func=export_command)
+
+
+__all__ = ["decoding_state", "export_folder", "export_onnx", "export_program"]
