@@ -48,7 +48,8 @@ def lm(args, info: dict) -> dict:
     best_lr = {name: min((r for r in sweep if r["model"] == name), key=lambda r: r["final"]["loss"])["lr"]
                for name in args.models}
     seeds = [r for r in sweep if r["lr"] == best_lr[r["model"]]]
-    seeds += [run_one(name, best_lr[name], seed) for name in args.models for seed in args.seeds[1:]]
+    # Seed by seed over the models, so that an interrupted run has every model at the seeds it finished.
+    seeds += [run_one(name, best_lr[name], seed) for seed in args.seeds[1:] for name in args.models]
     summary = summarise(seeds)
     rows = [[name, f"{counts[name]:,}", f"{best_lr[name]:g}",
              f"{summary[name]['loss'][0]:.4f} ± {summary[name]['loss'][1]:.4f}",
