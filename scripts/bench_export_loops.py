@@ -1,10 +1,10 @@
-"""Eager forward+backward of elita and evolving with their scans as they were before the export work (a Python loop
-over chunks with cummax; a slice-then-cat memory shift) and as they are now, side by side in one process, interleaved.
+"""Eager forward+backward of elita and evolving with their exportable scans against the loop forms they replace (a
+Python loop over chunks with cummax; a slice-then-cat memory shift), side by side in one process, interleaved.
 
     OMP_NUM_THREADS=1 python scripts/bench_export_loops.py --old-elita OLD.py --old-evolving OLD.py
 
-OLD.py are the previous modeling files (`git show 720af2e:attnlab/modeling_elita.py`). Writes
-results/export-loop-speed.{json,md}.
+OLD.py are modeling files with the loop forms (`git show 720af2e:attnlab/modeling_elita.py`, and likewise for
+evolving). Writes results/export-loop-speed.{json,md}.
 """
 
 import argparse
