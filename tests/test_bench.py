@@ -47,6 +47,41 @@ def fixed_offset_accuracy(inputs, scored, offset):
     return (predictions[keep] == scored[keep]).float().mean().item()
 
 
+def test_short_convolution_is_causal_trained_and_counted():
+    values = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  max_position_embeddings=32)
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    for name in ("llama", "elita", "depth_recurrent"):
+        model = bench_common.build_model(name, values).eval()
+        with torch.no_grad():  # depth_recurrent zero-initialises its mixers' outputs: move every weight off its init
+            for parameter in model.parameters():
+                parameter.add_(0.02 * torch.randn_like(parameter))
+        plain = model(input_ids=ids).logits
+        added = bench_mqar.add_short_convolutions(model, 4)
+        assert added == 3 * 16 * model.config.num_hidden_layers  # one state per mixer application
+        # Zero-initialised: the model is unchanged until it learns the taps ...
+        assert torch.equal(model(input_ids=ids).logits, plain)
+        # ... once learnt they change the output, and only from the past: a later token leaves earlier logits alone ...
+        convs = [layer.short_conv.conv.weight for layer in model.model.layers]
+        with torch.no_grad():
+            for w in convs:
+                w.normal_()
+        changed = model(input_ids=ids).logits
+        assert not torch.allclose(changed, plain, atol=1e-4)
+        later = ids.clone()
+        later[:, 8] = (later[:, 8] + 1) % 64
+        assert torch.allclose(model(input_ids=later).logits[:, :8], changed[:, :8], atol=1e-5)
+        assert not torch.allclose(model(input_ids=later).logits[:, 8:], changed[:, 8:], atol=1e-4)
+        # ... and the taps are the model's own parameters, trained with it.
+        assert all(any(w is p for p in model.parameters()) for w in convs)
+        model(input_ids=ids).logits.pow(2).mean().backward()
+        assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in convs)
+    model = bench_common.build_model("llama", values)
+    del model.model.layers[1].self_attn
+    with pytest.raises(ValueError, match="layer 1 .* no self_attn"):
+        bench_mqar.add_short_convolutions(model, 4)
+
+
 def test_copy_task_forms():
     generator = torch.Generator().manual_seed(0)
     inputs, targets, scored = bench_copy.copy_batch(64, 64, 32, "fixed", generator)
@@ -96,7 +131,16 @@ def test_quick_suite_through_the_cli(tmp_path):
     assert {r["model"] for r in speed["records"]} == {*MEMBERS, *HYBRIDS, "llama"}
     assert {r["kind"] for r in speed["records"]} == {"train", "forward", "decode"}
     lm = json.loads((tmp_path / "lm-quick.json").read_text())
-    assert len(lm["sweep"]) == 2 * len(bench_common.DEFAULT_MODELS) and set(lm["best_lr"]) == set(bench_common.DEFAULT_MODELS)
+    assert len(lm["sweep"]) == 2 * len(bench_common.DEFAULT_MODELS)
+    assert set(lm["best_lr"]) == set(bench_common.DEFAULT_MODELS)
+    mqar = json.loads((tmp_path / "mqar-quick.json").read_text())
+    for name in bench_common.DEFAULT_MODELS:  # the rate sweep at the first seed, the second seed at the best rate
+        runs = [r for r in mqar["runs"] if r["model"] == name]
+        best = next(r for r in mqar["best"] if r["model"] == name)
+        assert sorted((r["seed"], r["lr"]) for r in runs) == [(0, 1e-3), (0, 3e-3), (1, best["lr"])]
+        assert best["seed"] == 0 and best["accuracy"] == max(r["accuracy"] for r in runs if r["seed"] == 0)
+    text = (tmp_path / "mqar-quick.md").read_text()
+    assert "## Best accuracy" in text and "## Seeds at the best rate" in text
     assert (tmp_path / "mqar-quick.png").exists() and (tmp_path / "speed-quick-tiny-fp32.png").exists()
 
 
@@ -211,3 +255,25 @@ def test_lm_continues_from_the_runs_it_finished_and_refuses_other_folders(tmp_pa
     (run / bench_lm.RUN_MARK).write_text(json.dumps({"library": "older code"}))
     with pytest.raises(ValueError, match="holds another run"):
         bench.main(argv)
+
+
+def test_mqar_keeps_a_partial_record_when_cut_short(tmp_path, monkeypatch):
+    # Every model runs the first rate before any runs the second, and the record is rewritten after every run: a run
+    # stopped after two trainings still compares both models at the first rate.
+    real_train_task, calls = bench_mqar.train_task, []
+
+    def train_task(*args, **kwargs):
+        calls.append(kwargs["desc"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_train_task(*args, **kwargs)
+
+    monkeypatch.setattr(bench_mqar, "train_task", train_task)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["mqar", "--quick", "--models", "llama", "elita",
+                    "--output-dir", str(tmp_path), "--name", "cut"])
+    record = json.loads((tmp_path / "cut.json").read_text())
+    assert [(r["model"], r["lr"]) for r in record["runs"]] == [("llama", 1e-3), ("elita", 1e-3)]  # --quick: 1e-3 first
+    assert record["info"]["partial"] == "2 of 6 runs"
+    text = (tmp_path / "cut.md").read_text()
+    assert "Partial record: 2 of 6 runs" in text and "| llama | 32 |" in text and "| elita | 32 |" in text

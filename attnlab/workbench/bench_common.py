@@ -251,11 +251,12 @@ def task_model_values(args, width: int, vocab_size: int, max_positions: int) -> 
                 num_hidden_layers=args.layers, num_attention_heads=args.heads, max_position_embeddings=max_positions)
 
 
-def add_task_model_arguments(sub):
+def add_task_model_arguments(sub, seed: bool = True):
     """The model shape and seed options of the task sections (MQAR, copy)."""
     sub.add_argument("--layers", type=int, default=2)
     sub.add_argument("--heads", type=int, default=2)
     sub.add_argument("--mlp-ratio", type=int, default=2, help="MLP width as a multiple of the model width")
-    sub.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed")
+    if seed:
+        sub.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed")
     sub.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return sub
