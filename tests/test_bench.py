@@ -251,6 +251,8 @@ def test_lm_continues_from_the_runs_it_finished_and_refuses_other_folders(tmp_pa
     second = json.loads(bench.main(argv).with_suffix(".json").read_text())
     assert "reusing the finished run" in capsys.readouterr().out
     assert second["sweep"][0]["final"] == first["sweep"][0]["final"]
+    assert not first["sweep"][0]["reused"] and second["sweep"][0]["reused"]
+    assert "2 of 2 runs were finished by an earlier invocation" in (tmp_path / "lm-quick.md").read_text()
     run = next((tmp_path / "bench-lm-runs").glob("llama-*"))
     (run / bench_lm.RUN_MARK).write_text(json.dumps({"library": "older code"}))
     with pytest.raises(ValueError, match="holds another run"):

@@ -34,6 +34,7 @@ def lm(args, info: dict) -> dict:
             compile=args.compile, train_files=args.train_files, validation_files=args.validation_files,
             output_dir=str(work / f"{name}-lr{lr:g}-seed{seed}"))
         metrics = finished_run(train_args)
+        reused = metrics is not None
         if metrics is None:
             metrics = train(train_args)
             Path(train_args.output_dir, RUN_MARK).write_text(json.dumps(dict(library=library_fingerprint())))
@@ -41,7 +42,8 @@ def lm(args, info: dict) -> dict:
               f"({metrics['train_seconds']:.0f} s)", flush=True)
         return dict(model=name, lr=lr, seed=seed, parameters=metrics["parameters"], tokens=metrics["tokens"],
                     train_seconds=metrics["train_seconds"], compile_seconds=metrics.get("compile_seconds"),
-                    final=metrics["final_eval"], curve=[(e["step"], e["loss"]) for e in metrics["eval"]])
+                    final=metrics["final_eval"], curve=[(e["step"], e["loss"]) for e in metrics["eval"]],
+                    reused=reused)
 
     rates = model_rates(args)
     sweep = [run_one(name, lr, args.seeds[0]) for name in args.models for lr in rates[name]]
@@ -51,6 +53,7 @@ def lm(args, info: dict) -> dict:
     # Seed by seed over the models, so that an interrupted run has every model at the seeds it finished.
     seeds += [run_one(name, best_lr[name], seed) for seed in args.seeds[1:] for name in args.models]
     summary = summarise(seeds)
+    runs = sweep + seeds[len(args.models):]  # every run once (the sweep holds the first seed's)
     rows = [[name, f"{counts[name]:,}", f"{best_lr[name]:g}",
              f"{summary[name]['loss'][0]:.4f} ± {summary[name]['loss'][1]:.4f}",
              f"{summary[name]['bits_per_byte'][0]:.4f} ± {summary[name]['bits_per_byte'][1]:.4f}",
@@ -66,7 +69,10 @@ def lm(args, info: dict) -> dict:
            if args.model_lrs_given else "") + "; the best rate "
         f"by held-out loss then runs seeds {args.seeds}. Loss and bits per byte: mean ± std over those seeds, on the "
         f"held-out plays ({'all blocks' if args.final_eval_blocks is None else f'{args.final_eval_blocks} blocks'}). "
-        "The rate is chosen on the same held-out text it is scored on, as zoology reports the best rate.",
+        "The rate is chosen on the same held-out text it is scored on, as zoology reports the best rate."
+        + (f" {sum(r['reused'] for r in runs)} of {len(runs)} runs were finished by an earlier invocation of this "
+           "command (same options, same model code) and reused; `train s` is each run's own training time."
+           if any(r["reused"] for r in runs) else ""),
         markdown_table(["model", "parameters", "best lr", "held-out loss (nats/byte)", "bits per byte",
                         "next-byte accuracy", "train s", "sweep (lr: loss)"], rows),
     ]
