@@ -201,6 +201,18 @@ def evidence_value(record, spec, where: str):
 class Renderer:
     def __init__(self, root: Path = REPO):
         self.root = Path(os.path.abspath(root))
+        self._ages: dict[Path, str | None] = {}  # a record's age is asked once per block that shows it
+
+    def age(self, record, path: Path) -> str | None:
+        """Why a record is older than the code it measures: "unknown" (no commit, and it measures a member), the
+        later change to that code ("abc1234 (date): files"), or None when it is current (or measures no member)."""
+        if path not in self._ages:
+            files, commit = member_files(path.read_text(), self.root), provenance(record).get("commit")
+            if not commit:
+                self._ages[path] = "unknown" if files else None
+            else:
+                self._ages[path] = later_changes(self.root, commit, files)
+        return self._ages[path]
 
     def link(self, path: Path, page_dir: Path) -> str:
         """`path` as a link from a page in `page_dir`. The docs site sees the records through the `docs/results`
@@ -224,14 +236,11 @@ class Renderer:
                  f"commit {facts['commit']}" if facts.get("commit") else "commit not recorded",
                  facts.get("machine") or "machine not recorded", facts.get("date") or "date not recorded"]
         line = f"*Record {link}: {'; '.join(parts)}.*"
-        files = member_files(path.read_text(), self.root)
-        if not facts.get("commit"):
-            if files:
-                line += ("\n\n> **Age unknown:** this record has no commit, so it cannot be checked against the "
-                         "code it measures; rerun its command to replace it.")
-            return line
-        changed = later_changes(self.root, facts["commit"], files)
-        if changed:
+        changed = self.age(record, path)
+        if changed == "unknown":
+            line += ("\n\n> **Age unknown:** this record has no commit, so it cannot be checked against the "
+                     "code it measures; rerun its command to replace it.")
+        elif changed:
             line += (f"\n\n> **Older than the code it measures:** {changed} changed after the record's commit "
                      f"{facts['commit']}; rerun its command to refresh it.")
         return line
@@ -273,9 +282,7 @@ class Renderer:
                 except (KeyError, ValueError) as error:
                     raise RenderError(f"{where}: evidence text {item['text']!r}: {error}") from None
                 evidence.append(f"{text} ([record]({self.link(path.with_suffix('.md'), page_dir)}))")
-                facts = provenance(source)
-                files = member_files(path.read_text(), self.root)
-                if facts.get("commit") and later_changes(self.root, facts["commit"], files):
+                if self.age(source, path) not in (None, "unknown"):
                     stale.append(item["record"])
             rows.append(f"| {verdict['seed']} | {verdict['claim']} | **{verdict['verdict']}** | "
                         f"{'; '.join(evidence)} |")
