@@ -42,3 +42,26 @@ def text_files(tmp_path_factory):
     (folder / "train.txt").write_text(text[:2000])
     (folder / "valid.txt").write_text(text[2000:2600])
     return [str(folder / "train.txt")], [str(folder / "valid.txt")]
+
+
+@pytest.fixture
+def fail_second_save(monkeypatch):
+    """Calling it makes accelerate's second `save_state` from then on fail once its files are (partly) written, as a
+    full disk would. Returns the names of the folders saves were asked for, and a function restoring real saves."""
+    from accelerate import Accelerator
+
+    def arm():
+        written = []
+        save_state = Accelerator.save_state
+
+        def failing_save_state(self, output_dir=None, **kwargs):
+            written.append(Path(output_dir).name)
+            result = save_state(self, output_dir, **kwargs)
+            if len(written) == 2:
+                raise OSError("No space left on device")
+            return result
+
+        monkeypatch.setattr(Accelerator, "save_state", failing_save_state)
+        return written, lambda: monkeypatch.setattr(Accelerator, "save_state", save_state)
+
+    return arm

@@ -31,28 +31,16 @@ def run_ts(args, **kwargs):
     return train_timeseries(args, progress=False, **kwargs)
 
 
-def test_a_time_series_checkpoint_appears_only_when_complete_and_resumes_on_the_same_curve(ts_args, monkeypatch):
-    from accelerate import Accelerator
-
+def test_a_time_series_checkpoint_appears_only_when_complete_and_resumes_on_the_same_curve(ts_args, fail_second_save):
     full = run_ts(replace(ts_args, output_dir=ts_args.output_dir + "-full"))
-    written = []
-    save_state = Accelerator.save_state
-
-    def failing_save_state(self, output_dir=None, **kwargs):
-        written.append(Path(output_dir).name)
-        result = save_state(self, output_dir, **kwargs)
-        if len(written) == 2:
-            raise OSError("No space left on device")  # the second save fails once its files are (partly) there
-        return result
-
-    monkeypatch.setattr(Accelerator, "save_state", failing_save_state)
+    written, restore_saving = fail_second_save()
     with pytest.raises(OSError, match="No space left"):
         run_ts(replace(ts_args, save_every=3))
     assert written == ["checkpoint-3.tmp", "checkpoint-6.tmp"]  # written under a temporary name
     assert training.last_checkpoint(ts_args.output_dir).name == "checkpoint-3"  # renamed only when complete
     assert not (Path(ts_args.output_dir) / "checkpoint-6").exists()
     assert (Path(ts_args.output_dir) / "checkpoint-3" / "model.safetensors").is_file()
-    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    restore_saving()
     resumed = run_ts(replace(ts_args, save_every=3, resume=True))
     assert resumed["steps"] == full["steps"] == 9
     assert resumed["train_loss"] == full["train_loss"]

@@ -141,26 +141,14 @@ class Interrupt(Exception):
     pass
 
 
-def test_a_checkpoint_appears_only_when_complete(args, monkeypatch):
-    from accelerate import Accelerator
-
-    written = []
-    save_state = Accelerator.save_state
-
-    def failing_save_state(self, output_dir=None, **kwargs):
-        written.append(Path(output_dir).name)
-        result = save_state(self, output_dir, **kwargs)
-        if len(written) == 2:
-            raise OSError("No space left on device")  # the second save fails once its files are (partly) there
-        return result
-
-    monkeypatch.setattr(Accelerator, "save_state", failing_save_state)
+def test_a_checkpoint_appears_only_when_complete(args, fail_second_save):
+    written, restore_saving = fail_second_save()
     with pytest.raises(OSError, match="No space left"):
         train(replace(args, save_every=1))
     assert written == ["checkpoint-1.tmp", "checkpoint-2.tmp"]  # written under a temporary name
     assert training.last_checkpoint(args.output_dir).name == "checkpoint-1"  # renamed only when complete
     assert not (Path(args.output_dir) / "checkpoint-2").exists()
-    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    restore_saving()
     assert train(replace(args, resume=True))["steps"] == 4
 
 
