@@ -45,7 +45,7 @@ def lm(args, info: dict) -> dict:
                     final=metrics["final_eval"], curve=[(e["step"], e["loss"]) for e in metrics["eval"]],
                     reused=reused)
 
-    rates = model_rates(args)
+    rates, given = model_rates(args)
     sweep = [run_one(name, lr, args.seeds[0]) for name in args.models for lr in rates[name]]
     best_lr = {name: min((r for r in sweep if r["model"] == name), key=lambda r: r["final"]["loss"])["lr"]
                for name in args.models}
@@ -65,8 +65,8 @@ def lm(args, info: dict) -> dict:
         f"Held-out Shakespeare plays (byte tokens), preset `{args.preset}`, block {args.block_size}, batch "
         f"{args.batch_size}, {args.steps} steps = {tokens:,} training tokens per run for every model; AdamW with "
         f"warmup and cosine decay (`attnlab train`). Learning rates {args.lrs} at seed {args.seeds[0]}"
-        + (f" ({', '.join(f'{name}: {rates[name]}' for name in args.model_lrs_given)} given by --model-lrs)"
-           if args.model_lrs_given else "") + "; the best rate "
+        + (f" ({', '.join(f'{name}: {rates[name]}' for name in given)} given by --model-lrs)"
+           if given else "") + "; the best rate "
         f"by held-out loss then runs seeds {args.seeds}. Loss and bits per byte: mean ± std over those seeds, on the "
         f"held-out plays ({'all blocks' if args.final_eval_blocks is None else f'{args.final_eval_blocks} blocks'}). "
         "The rate is chosen on the same held-out text it is scored on, as zoology reports the best rate."
@@ -132,9 +132,9 @@ def finished_run(train_args) -> dict | None:
     return metrics
 
 
-def model_rates(args) -> dict[str, list[float]]:
+def model_rates(args) -> tuple[dict[str, list[float]], list[str]]:
     """Each model's learning rates: `--lrs`, or the rates `--model-lrs NAME=LR` gives that model (a rate an earlier
-    sweep chose, so a rerun need not repeat the sweep). Records which models were given rates."""
+    sweep chose, so a rerun need not repeat the sweep), and the models `--model-lrs` names."""
     rates = {name: list(args.lrs) for name in args.models}
     given = {}
     for item in args.model_lrs:
@@ -149,8 +149,7 @@ def model_rates(args) -> dict[str, list[float]]:
             raise ValueError(f"--model-lrs {item!r}: the rate must be a positive number")
         given.setdefault(name, []).append(lr)
     rates.update(given)
-    args.model_lrs_given = sorted(given)
-    return rates
+    return rates, sorted(given)
 
 
 def add_arguments(lm):
