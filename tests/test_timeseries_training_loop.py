@@ -101,7 +101,7 @@ def test_a_time_series_resume_checks_the_model_config_and_the_checkpoint(ts_args
 def test_the_time_series_resume_check_covers_every_option_that_shapes_the_run():
     shaping = {"model", "csv_file", "column", "fill", "split", "validation_fraction", "context_length",
                "prediction_length", "d_model", "codebook_size", "num_heads", "position_code", "trainable_codebook",
-               "use_attention", "config_overrides", "batch_size", "num_epochs", "learning_rate", "max_grad_norm",
+               "use_attention", "config_overrides", "batch_size", "num_epochs", "max_steps", "learning_rate", "max_grad_norm",
                "seed"}
     assert set(resume_keys(TimeSeriesTrainArgs)) == shaping
     assert set(TimeSeriesTrainArgs.__dataclass_fields__) - shaping <= set(RESUME_FREE_KEYS)
@@ -142,3 +142,26 @@ def test_a_finished_checkpoint_resumes_to_nothing_more(trainer, request, monkeyp
     metrics = run(replace(args, resume=True, time_limit=3.0))
     assert metrics["steps"] == steps and len(metrics["train_loss"]) == steps
     assert not list(Path(args.output_dir).glob("checkpoint-*"))  # finished: the checkpoint goes
+
+
+def test_a_time_series_run_refuses_an_earlier_finished_run_and_overwrite_replaces_only_its_files(ts_args):
+    first = run_ts(ts_args)
+    folder = Path(ts_args.output_dir)
+    assert "model.safetensors" in first["files"] and "metrics.json" in first["files"]
+    with pytest.raises(ValueError, match="already holds an earlier run; pass --resume .*--overwrite_output_dir"):
+        run_ts(ts_args)
+    (folder / "notes.txt").write_text("mine")  # not the run's: --overwrite_output_dir leaves it
+    (folder / "model.safetensors").write_bytes(b"stale")
+    second = run_ts(replace(ts_args, overwrite_output_dir=True, seed=1))
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert second["final_eval"] != first["final_eval"]
+    assert VQLNMLPForPrediction.from_pretrained(folder).config.d_model == 8  # the new weights, not the stale bytes
+    with pytest.raises(ValueError, match="pass one"):
+        run_ts(replace(ts_args, overwrite_output_dir=True, resume=True))
+
+
+def test_time_series_max_steps_caps_the_epochs(ts_args):
+    capped = run_ts(replace(ts_args, num_epochs=3, max_steps=5))
+    assert capped["steps"] == capped["max_steps"] == 5  # 3 epochs would be 27 steps
+    with pytest.raises(ValueError, match="--max_steps must be 0"):
+        run_ts(replace(ts_args, max_steps=-1, output_dir=ts_args.output_dir + "-bad"))

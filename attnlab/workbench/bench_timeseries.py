@@ -41,6 +41,9 @@ class BenchSeries:
 
 SERIES = (
     BenchSeries("formaldehyde", "formaldehyde_y+w.csv", "2min", "seed 004's data; licence not recorded", 30, 1),
+    BenchSeries("seattle_hourly", "seattle_temperature_hourly.csv", "h",
+                "public domain (NOAA, via vega_datasets)"),
+    BenchSeries("seattle_daily", "seattle_max_temperature_daily.csv", "D", "public domain (NOAA, via vega_datasets)"),
     BenchSeries("co2", "co2_weekly.csv", "W", "public domain (Mauna Loa, via statsmodels)"),
     BenchSeries("elnino", "elnino_monthly.csv", "M", "public domain (NOAA, via statsmodels)"),
     BenchSeries("elec_equip", "elec_equip_monthly.csv", "M", "public domain (Eurostat, via statsmodels)"),
@@ -199,7 +202,8 @@ def run_series(spec: BenchSeries, args, work: Path) -> dict:
     vq_context = min(context, tail - 1)
     vq_args = TimeSeriesTrainArgs(
         csv_file=str(embedded_csv(spec.file)), split="tail", validation_fraction=tail / len(series),
-        context_length=vq_context, prediction_length=horizon, num_epochs=args.epochs, batch_size=args.batch_size,
+        context_length=vq_context, prediction_length=horizon, num_epochs=args.epochs, max_steps=args.max_steps,
+        batch_size=args.batch_size,
         learning_rate=args.vq_learning_rate, output_dir=str(work / spec.name / "vqlnmlp"), seed=args.seed,
         save_every=0, d_model=args.vq_d_model, codebook_size=args.vq_codebook_size)
     metrics = train_timeseries(vq_args, progress=False)
@@ -260,6 +264,9 @@ def markdown(runs: list[dict], summary: dict, args) -> list[str]:
         wql = f"{s['mean_wql']:.4f}" if "mean_wql" in s else "-"
         lines.append(f"| {name} | {s['geometric_mean_mase_ratio']:.3f} | {s['geometric_mean_mase']:.3f} | "
                      f"{s['wins_over_seasonal_naive']} / {s['series']} | {wql} |")
+    cap = f", at most {args.max_steps} steps per series" if args.max_steps else ""
+    lines += ["", f"Budget: vqlnmlp {args.epochs} epochs of batch {args.batch_size}{cap} (the steps column below); "
+                  "PatchTST the same steps and batch on windows of the same training part."]
     sections = ["\n".join(lines)]
     rows = ["## Series", "", "| series | frequency | points (missing) | season | horizon | tail | context | steps | "
             "parameters (vqlnmlp trained / total, PatchTST) | licence |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -321,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-fraction", type=float, default=0.2, help="share of each series held out")
     parser.add_argument("--context-length", type=int, default=96, help="longest context (halved on short series)")
     parser.add_argument("--epochs", type=int, default=50, help="vqlnmlp epochs (the seed's 50); PatchTST gets the same steps")
+    parser.add_argument("--max-steps", type=int, default=3000,
+                        help="cap on vqlnmlp's (and so PatchTST's) steps per series, reached only on the long hourly "
+                             "and daily series; 0: the epochs decide")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--vq-learning-rate", type=float, default=7e-3, help="the seed's")
     parser.add_argument("--vq-d-model", type=int, default=64)

@@ -39,8 +39,10 @@ from ..modeling_vqlnmlp import VQLNMLPForPrediction
 from .training import (
     METRICS_FILE,
     comparable_config,
+    file_stamps,
     last_checkpoint,
     parse_overrides,
+    prepare_output_dir,
     resume_state,
     training_loop,
 )
@@ -461,6 +463,8 @@ class TimeSeriesTrainArgs:
         "help": "other VQLNMLPConfig values as key=value, e.g. attention_heads=2"})
     batch_size: int = field(default=32, metadata={"help": "windows per step, per process"})
     num_epochs: int = field(default=50, metadata={"help": "passes over the training windows"})
+    max_steps: int = field(default=0, metadata={
+        "help": "stop after this many optimizer steps if the epochs would take more (0: the epochs decide)"})
     learning_rate: float = field(default=7e-3, metadata={"help": "Adam learning rate (constant, as in the seed)"})
     max_grad_norm: float = field(default=0.0, metadata={"help": "clip the gradient norm to this (0: no clipping)"})
     eval_every: int = field(default=0, metadata={"help": "validation MSE every N steps (0: only at the end)"})
@@ -471,6 +475,9 @@ class TimeSeriesTrainArgs:
                 "skipped_steps) instead of stopping the run with an error"})
     output_dir: str = field(default="outputs/vqlnmlp", metadata={"help": "where checkpoints, the model and metrics go"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "train into an output_dir that holds an earlier run: its files (as listed in its metrics.json) and "
+                "checkpoints are deleted first; other files are left alone"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation (codebook included) and data order"})
     num_threads: int | None = field(default=None, metadata={"help": "CPU threads per process (1 suits tiny models)"})
 
@@ -497,13 +504,15 @@ def train_timeseries(args: TimeSeriesTrainArgs, progress: bool = True,
     The steps run in the workbench's training loop (training.training_loop): checkpoints every `save_every` steps
     and at the time limit, which `resume=True` continues exactly, and the guard against non-finite losses."""
     output_dir = Path(args.output_dir)
-    if not args.resume and last_checkpoint(output_dir) is not None:
-        raise ValueError(f"{output_dir} already holds a checkpoint; pass --resume to continue it or choose another "
-                         "--output_dir")
+    if args.resume and args.overwrite_output_dir:
+        raise ValueError("--resume continues the run in output_dir and --overwrite_output_dir deletes it; pass one")
+    if args.max_steps < 0:
+        raise ValueError(f"--max_steps must be 0 (the epochs decide) or positive, got {args.max_steps}")
     series, columns = load_series(args.csv_file, args.column, args.fill)
     split = split_series(series, args.context_length, args.split, args.validation_fraction)
     accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
                                                                         data_seed=args.seed))
+    prepare_output_dir(args, accelerator)
     set_seed(args.seed)
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
@@ -515,6 +524,8 @@ def train_timeseries(args: TimeSeriesTrainArgs, progress: bool = True,
     model_config = comparable_config(model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     max_steps = args.num_epochs * len(loader)
+    if args.max_steps:
+        max_steps = min(max_steps, args.max_steps)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     accelerator.print(f"{args.model} ({config.num_heads} head(s), position code {config.position_code}"
                       f"{', attention' if config.use_attention else ''}): {trainable:,} trained parameters | "
@@ -553,9 +564,13 @@ def train_timeseries(args: TimeSeriesTrainArgs, progress: bool = True,
                    num_processes=accelerator.num_processes, skipped_steps=state.get("skipped_steps", 0))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        before = file_stamps(output_dir)
         unwrapped.save_pretrained(output_dir)
-        (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
         (output_dir / "README.md").write_text(model_card(unwrapped.config, metrics))
+        # What --overwrite_output_dir may later delete: the files this run wrote, as attnlab train lists them.
+        after = file_stamps(output_dir)
+        metrics["files"] = sorted({name for name, stamp in after.items() if before.get(name) != stamp} | {METRICS_FILE})
+        (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
         if state["step"] == max_steps and last_checkpoint(output_dir) is not None:
             # Complete: the checkpoint's pickles (optimizer, RNG states) go, leaving a folder ready for the Hub.
             shutil.rmtree(last_checkpoint(output_dir), ignore_errors=True)

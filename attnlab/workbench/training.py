@@ -184,8 +184,9 @@ def check_args(args: TrainArgs):
         raise ValueError("--resume continues the run in output_dir and --overwrite_output_dir deletes it; pass one")
 
 
-def prepare_output_dir(args: TrainArgs, accelerator: Accelerator):
+def prepare_output_dir(args, accelerator: Accelerator):
     """Refuse to write a new run over an earlier one (or over anything else) unless --overwrite_output_dir says so.
+    `args` is either trainer's arguments (TrainArgs, TimeSeriesTrainArgs): output_dir, resume, overwrite_output_dir.
 
     With it, only what the earlier run wrote goes (its checkpoints and the files its metrics.json lists), so no
     stale file of another model (another member's modeling code, say) stays beside the new one.
@@ -742,7 +743,7 @@ def save_model(accelerator: Accelerator, model, tokenizer, output_dir: Path, met
     """The Hub-ready folder: weights + modeling code (save_pretrained), tokenizer, model card, loss curve, and
     metrics.json, which also lists every file the run wrote (what --overwrite_output_dir deletes)."""
     accelerator.wait_for_everyone()
-    before = _file_stamps(output_dir)
+    before = file_stamps(output_dir)
     # get_state_dict gathers the full weights where FSDP or DeepSpeed ZeRO-3 shard them (on the main process).
     state_dict = accelerator.get_state_dict(model)
     unwrapped = accelerator.unwrap_model(model)
@@ -765,13 +766,13 @@ def save_model(accelerator: Accelerator, model, tokenizer, output_dir: Path, met
             (output_dir / "README.md").write_text(model_card(config, f"your-name/{output_dir.resolve().name}")
                                                   + training_summary(metrics))
         plot_loss_curve(metrics, output_dir / LOSS_CURVE_FILE)
-        after = _file_stamps(output_dir)
+        after = file_stamps(output_dir)
         metrics["files"] = sorted({name for name, stamp in after.items() if before.get(name) != stamp} | {METRICS_FILE})
         (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
     accelerator.wait_for_everyone()
 
 
-def _file_stamps(folder: Path) -> dict[str, tuple[int, int]]:
+def file_stamps(folder: Path) -> dict[str, tuple[int, int]]:
     return {path.name: (path.stat().st_mtime_ns, path.stat().st_size) for path in folder.glob("*") if path.is_file()}
 
 
