@@ -5,10 +5,11 @@ corpus/README.md) the last `--test-fraction` is held out; every forecaster is fi
 by forecasting.evaluate (each tail point once at every horizon 1..H, H by frequency as in M4). The summary is the
 geometric mean over series of each forecaster's MASE divided by Seasonal Naive's (GIFT-Eval, Chronos, fev).
 
-Forecasters: persistence, seasonal naive, the AIC-order autoregression, statsmodels' exponential smoothing (ETS,
-state space, damped trend and the season when it has at most 12 steps; skipped with a note when statsmodels is not
-installed), vqlnmlp trained by `attnlab train`'s own loop (train_timeseries), and transformers' PatchTST at a size
-near vqlnmlp's, trained on windows of the same training part for the same number of steps and batch size.
+Forecasters: persistence, seasonal naive, the AIC-order autoregression (orders up to 12, or one season and a step),
+statsmodels' exponential smoothing (ETS, state space, damped trend and the season when it has at most 12 steps;
+skipped with a note when statsmodels is not installed), vqlnmlp trained by `attnlab train`'s own loop
+(train_timeseries), and transformers' PatchTST at a size near vqlnmlp's, trained on windows of the same training
+part for the same number of steps and batch size.
 """
 
 import argparse
@@ -183,7 +184,8 @@ def run_series(spec: BenchSeries, args, work: Path) -> dict:
     score("persistence", forecasting.Persistence())
     score("seasonal_naive", forecasting.SeasonalNaive(season))
     begin = time.perf_counter()
-    ar = forecasting.LinearAR(args.max_ar_order).fit(train)
+    # The order may reach one season back, so the autoregression can see what Seasonal Naive sees.
+    ar = forecasting.LinearAR(args.max_ar_order or max(12, season + 1)).fit(train)
     seconds["linear_ar"] = time.perf_counter() - begin
     parameters["linear_ar"] = ar.order[0] + 1
     score("linear_ar", ar)
@@ -336,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vq-d-model", type=int, default=64)
     parser.add_argument("--vq-codebook-size", type=int, default=512)
     parser.add_argument("--patchtst-learning-rate", type=float, default=1e-3)
-    parser.add_argument("--max-ar-order", type=int, default=12)
+    parser.add_argument("--max-ar-order", type=int, default=0,
+                        help="highest autoregression order tried by AIC (0: 12, or season + 1 when that is more)")
     parser.add_argument("--no-ets", dest="ets", action="store_false", help="skip statsmodels' ETS")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=1)
