@@ -7,6 +7,7 @@ import pytest
 
 from attnlab.workbench.forecasting import (
     LinearAR,
+    ar_max_order,
     Persistence,
     SeasonalNaive,
     evaluate,
@@ -127,3 +128,16 @@ def test_linear_ar_recovers_an_ar1_and_picks_a_low_order():
     quantiles = model.quantiles(np.array([[[0.0], [10.0]]]), 3)
     widths = quantiles[0, :, 0, -1] - quantiles[0, :, 0, 0]
     assert np.all(np.diff(widths) > 0)  # uncertainty grows with the horizon
+
+
+def test_the_autoregression_may_reach_one_season_back_within_the_context():
+    assert ar_max_order(1, 96) == 12 and ar_max_order(12, 96) == 13 and ar_max_order(24, 96) == 25
+    assert ar_max_order(52, 40) == 40 and ar_max_order(24, 0) == 1  # never beyond the context it is given
+    # A daily cycle of 24 steps plus noise: only an order that reaches lag 24 sees it, and AIC then takes it.
+    rng = np.random.default_rng(0)
+    cycle = rng.normal(size=24)
+    y = np.tile(cycle, 40) + 0.05 * rng.normal(size=960)
+    model = LinearAR(ar_max_order(24, 96)).fit(y[:, None])
+    assert model.order[0] >= 24
+    forecast = model.predict(y[None, -96:, None], 24)[0, :, 0]
+    assert np.abs(forecast - cycle).mean() < 0.1

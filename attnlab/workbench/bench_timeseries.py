@@ -184,8 +184,8 @@ def run_series(spec: BenchSeries, args, work: Path) -> dict:
     score("persistence", forecasting.Persistence())
     score("seasonal_naive", forecasting.SeasonalNaive(season))
     begin = time.perf_counter()
-    # The order may reach one season back, so the autoregression can see what Seasonal Naive sees.
-    ar = forecasting.LinearAR(args.max_ar_order or max(12, season + 1)).fit(train)
+    ar = forecasting.LinearAR(min(args.max_ar_order, context) if args.max_ar_order
+                              else forecasting.ar_max_order(season, context)).fit(train)
     seconds["linear_ar"] = time.perf_counter() - begin
     parameters["linear_ar"] = ar.order[0] + 1
     score("linear_ar", ar)

@@ -163,6 +163,12 @@ class SeasonalNaive:
         return np.where(np.isnan(forecast), fallback, forecast)
 
 
+def ar_max_order(season: int, context: int) -> int:
+    """The highest AR order tried: 12, or one season and a step when that is more, so the autoregression can see what
+    Seasonal Naive sees (hourly, weekly series); never more than the context the forecaster is given."""
+    return max(1, min(max(12, season + 1), context))
+
+
 class LinearAR:
     """Least-squares AR(p) with intercept per channel, the order chosen on the training part by AIC among
     1..max_order; rolled out recursively for H steps. Quantiles are Gaussian with the h-step variance of the

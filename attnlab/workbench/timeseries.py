@@ -682,11 +682,11 @@ def evaluate_folder(folder: str, csv_file: str | None = None, column: list[str] 
     field_metrics = {}
     if data.tail_start is not None:
         train = series[:data.tail_start]
-        tail_forecasters = {"model": VQLNMLPTailForecaster(model), "persistence": forecasting.Persistence(),
-                            "seasonal_naive": forecasting.SeasonalNaive(season),
-                            "linear_ar": forecasting.LinearAR().fit(train)}
         context = min(model.config.context_length, data.tail_start - horizon + 1)
         context = max(context, min(season, data.tail_start - horizon + 1))
+        tail_forecasters = {"model": VQLNMLPTailForecaster(model), "persistence": forecasting.Persistence(),
+                            "seasonal_naive": forecasting.SeasonalNaive(season),
+                            "linear_ar": forecasting.LinearAR(forecasting.ar_max_order(season, context)).fit(train)}
         for name, forecaster in tail_forecasters.items():
             field_metrics[name] = forecasting.evaluate(forecaster, series, data.tail_start, horizon, season, context)
         reference = field_metrics["seasonal_naive"]["mase"]
