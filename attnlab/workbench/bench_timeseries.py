@@ -256,7 +256,7 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
-def markdown(runs: list[dict], summary: dict, args) -> list[str]:
+def markdown(runs: list[dict], summary: dict, args, seconds: float) -> list[str]:
     order = sorted(summary, key=lambda name: summary[name]["geometric_mean_mase_ratio"])
     lines = ["## Summary: geometric mean over series of MASE / Seasonal Naive's MASE (lower is better)", "",
              "| forecaster | geo-mean MASE ratio | geo-mean MASE | series better than seasonal naive | mean WQL |",
@@ -268,7 +268,8 @@ def markdown(runs: list[dict], summary: dict, args) -> list[str]:
                      f"{s['wins_over_seasonal_naive']} / {s['series']} | {wql} |")
     cap = f", at most {args.max_steps} steps per series" if args.max_steps else ""
     lines += ["", f"Budget: vqlnmlp {args.epochs} epochs of batch {args.batch_size}{cap} (the steps column below); "
-                  "PatchTST the same steps and batch on windows of the same training part."]
+                  "PatchTST the same steps and batch on windows of the same training part. "
+                  f"The whole run took {seconds / 60:.1f} minutes on {args.num_threads} thread(s)."]
     sections = ["\n".join(lines)]
     rows = ["## Series", "", "| series | frequency | points (missing) | season | horizon | tail | context | steps | "
             "parameters (vqlnmlp trained / total, PatchTST) | licence |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -376,7 +377,7 @@ def main(argv: list[str]):
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot(out / f"{args.name}.png", runs)
-    sections = markdown(runs, summary, args) + [f"![forecasts]({args.name}.png)"]
+    sections = markdown(runs, summary, args, info["seconds"]) + [f"![forecasts]({args.name}.png)"]
     settings = {k: v for k, v in vars(args).items()}
     path = write_report(out, args.name, info, settings, dict(summary=summary, series=runs), sections, args.quick)
     print(f"timeseries: {info['seconds']:.0f} s; wrote {path}, {path.with_suffix('.json')} and "
