@@ -47,3 +47,19 @@ def test_patchtst_trains_on_observed_values_only():
                                                 seed=0).fit(train)
     contexts = train[np.arange(40, 56)][None]  # holds the gap
     assert np.isfinite(model.predict(contexts, 4)).all()
+
+
+def test_vqlnmlp_variants_reach_the_model_and_bad_ones_are_refused(tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bench.main(["timeseries", "--quick", "--series", "nile", "--no-ets", "--output-dir", str(tmp_path),
+                    "--vq-variants", "base", "heads:num_heads=4,position_code=rope"])
+    run = json.loads((tmp_path / "timeseries-quick.json").read_text())["series"][0]
+    assert {"base", "heads"} <= set(run["results"]) and "vqlnmlp" not in run["results"]
+    # 4 heads of 4 features: the LayerNorm is per head, so the multi-head model has fewer parameters (the seed's count).
+    assert run["parameters"]["heads_total"] < run["parameters"]["base_total"]
+    assert run["results"]["heads"]["mase"] != run["results"]["base"]["mase"]
+    assert bench_timeseries.vq_variant("r:position_code=rope") == ("r", {"position_code": "rope"})
+    with pytest.raises(SystemExit):
+        bench.main(["timeseries", "--quick", "--vq-variants", "bad:d_model=4"])
+    assert "unknown option(s) ['d_model']" in capsys.readouterr().err

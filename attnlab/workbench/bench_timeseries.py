@@ -199,24 +199,24 @@ def run_series(spec: BenchSeries, args, work: Path) -> dict:
         except ImportError:
             results["ets_statsmodels"] = dict(skipped="statsmodels is not installed (pip install statsmodels)")
 
-    # vqlnmlp, trained by the workbench's own loop; its validation windows must fit in the tail.
-    begin = time.perf_counter()
-    vq_context = min(context, tail - 1)
-    vq_args = TimeSeriesTrainArgs(
-        csv_file=str(embedded_csv(spec.file)), split="tail", validation_fraction=tail / len(series),
-        context_length=vq_context, prediction_length=horizon, num_epochs=args.epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        learning_rate=args.vq_learning_rate, output_dir=str(work / spec.name / "vqlnmlp"), seed=args.seed,
-        save_every=0, d_model=args.vq_d_model, codebook_size=args.vq_codebook_size)
-    metrics = train_timeseries(vq_args, progress=False)
+    # vqlnmlp and its variants, trained by the workbench's own loop; validation windows must fit in the tail.
     from .timeseries import load_forecaster_folder
 
-    model = load_forecaster_folder(vq_args.output_dir)
-    seconds["vqlnmlp"] = time.perf_counter() - begin
-    parameters["vqlnmlp"] = metrics["trained_parameters"]
-    parameters["vqlnmlp_total"] = sum(p.numel() for p in model.parameters())
-    score("vqlnmlp", VQLNMLPTailForecaster(model))
-    steps = metrics["steps"]
+    vq_context = min(context, tail - 1)
+    for name, options in args.vq_variants:
+        begin = time.perf_counter()
+        vq_args = TimeSeriesTrainArgs(
+            csv_file=str(embedded_csv(spec.file)), split="tail", validation_fraction=tail / len(series),
+            context_length=vq_context, prediction_length=horizon, num_epochs=args.epochs, max_steps=args.max_steps,
+            batch_size=args.batch_size, learning_rate=args.vq_learning_rate, output_dir=str(work / spec.name / name),
+            seed=args.seed, save_every=0, d_model=args.vq_d_model, codebook_size=args.vq_codebook_size, **options)
+        metrics = train_timeseries(vq_args, progress=False)
+        model = load_forecaster_folder(vq_args.output_dir)
+        seconds[name] = time.perf_counter() - begin
+        parameters[name] = metrics["trained_parameters"]
+        parameters[f"{name}_total"] = sum(p.numel() for p in model.parameters())
+        score(name, VQLNMLPTailForecaster(model))
+        steps = metrics["steps"]  # the same windows and batch for every variant, so the same steps
 
     begin = time.perf_counter()
     patchtst = PatchTSTForecaster(context, horizon, steps, args.batch_size, args.patchtst_learning_rate, args.seed)
@@ -272,12 +272,13 @@ def markdown(runs: list[dict], summary: dict, args, seconds: float) -> list[str]
                   f"The whole run took {seconds / 60:.1f} minutes on {args.num_threads} thread(s)."]
     sections = ["\n".join(lines)]
     rows = ["## Series", "", "| series | frequency | points (missing) | season | horizon | tail | context | steps | "
-            "parameters (vqlnmlp trained / total, PatchTST) | licence |", "|---|---|---|---|---|---|---|---|---|---|"]
+            f"parameters ({args.vq_variants[0][0]} trained / total, PatchTST) | licence |", "|---|---|---|---|---|---|---|---|---|---|"]
+    first = args.vq_variants[0][0]
     for run in runs:
         p = run["parameters"]
         rows.append(f"| {run['name']} | {run['frequency']} | {run['points']} ({run['missing']}) | {run['season']} | "
                     f"{run['horizon']} | {run['points'] - run['tail_start']} | {run['context']} | "
-                    f"{run['training_steps']} | {p['vqlnmlp']} / {p['vqlnmlp_total']}, {p['patchtst']} | "
+                    f"{run['training_steps']} | {p[first]} / {p[first + '_total']}, {p['patchtst']} | "
                     f"{run['licence']} |")
     sections.append("\n".join(rows))
     for run in runs:
@@ -324,6 +325,26 @@ def plot(path: Path, runs: list[dict], count: int = 4):
     plt.close(figure)
 
 
+# The seed's variants (seed-variants-spec.md, 004): the base map, RoPE, multi-codebook (its 8-head rows), both.
+DEFAULT_VQ_VARIANTS = ["vqlnmlp", "vqlnmlp_rope:position_code=rope", "mhvqlnmlp:num_heads=8",
+                       "mhvqlnmlp_rope:num_heads=8,position_code=rope"]
+VARIANT_OPTIONS = ("num_heads", "position_code", "trainable_codebook", "use_attention")
+
+
+def vq_variant(text: str) -> tuple[str, dict]:
+    """'name' or 'name:key=value,key=value' (keys from VARIANT_OPTIONS) -> (name, TimeSeriesTrainArgs values)."""
+    from .training import parse_overrides
+
+    name, _, options = text.partition(":")
+    if not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"variant name {name!r} is not an identifier")
+    values = parse_overrides([item for item in options.split(",") if item]) if options else {}
+    unknown = sorted(set(values) - set(VARIANT_OPTIONS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"variant {name!r}: unknown option(s) {unknown}; use {list(VARIANT_OPTIONS)}")
+    return name, values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnlab bench timeseries", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -338,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vq-learning-rate", type=float, default=7e-3, help="the seed's")
     parser.add_argument("--vq-d-model", type=int, default=64)
     parser.add_argument("--vq-codebook-size", type=int, default=512)
+    parser.add_argument("--vq-variants", nargs="+", type=vq_variant, default=[vq_variant(v) for v in DEFAULT_VQ_VARIANTS],
+                        metavar="NAME[:key=value,...]",
+                        help=f"vqlnmlp variants to train, each with options from {list(VARIANT_OPTIONS)} "
+                             f"(default: {' '.join(DEFAULT_VQ_VARIANTS)}); the series table gives the first one's size")
     parser.add_argument("--patchtst-learning-rate", type=float, default=1e-3)
     parser.add_argument("--max-ar-order", type=int, default=0,
                         help="highest autoregression order tried by AIC (0: 12, or season + 1 when that is more)")
@@ -356,7 +381,7 @@ def main(argv: list[str]):
     args = build_parser().parse_args(argv)
     if args.quick:
         args.series = [name for name in args.series if name in QUICK_SERIES] or list(QUICK_SERIES)
-        args.epochs, args.vq_d_model, args.vq_codebook_size, args.context_length = 1, 8, 16, 24
+        args.epochs, args.vq_d_model, args.vq_codebook_size, args.context_length = 1, 16, 16, 24
     args.output_dir = args.output_dir or ("outputs/bench-quick" if args.quick else "results")
     args.name = args.name or "timeseries" + ("-quick" if args.quick else "")
     torch.set_num_threads(args.num_threads)
