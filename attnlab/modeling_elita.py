@@ -62,10 +62,9 @@ def cumulative_softmax(cross: torch.Tensor, values: torch.Tensor, state: tuple, 
     causal = index[:, None] >= index[None, :]
     tiny = torch.finfo(cross.dtype).tiny
     log_sums, averages = [], []
-    # split, not slicing: the backward of each slice would write a zero-filled gradient of the whole length, making
-    # the training step quadratic in the length.
-    chunks = [(cross, values)] if symbolic else zip(cross.split(chunk_size, -1), values.split(chunk_size, -2))
-    for x, v in chunks:
+    for start in [0] if symbolic else range(0, length, chunk_size):
+        x, v = (cross, values) if symbolic else (cross[..., start:start + chunk_size],
+                                                 values[..., start:start + chunk_size, :])
         size = x.shape[-1]
         # Every result is independent of the reference it is computed against, so the max needs no gradient.
         with torch.no_grad():
