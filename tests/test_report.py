@@ -137,6 +137,9 @@ def test_a_record_older_than_its_member_code_is_marked(repo):
     stale = render(repo, block("results/speed.json"))
     assert "Older than the code it measures" not in fresh
     assert "Older than the code it measures" in stale and "attnlab/modeling_elita.py" in stale
+    (repo / "attnlab" / "modeling_elita.py").write_text("x = 1\n")  # the change reverted: the code is as measured
+    git(repo, "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qam", "revert")
+    assert "Older than the code it measures" not in render(repo, block("results/speed.json"))
 
 
 def test_a_record_without_a_commit_is_marked_only_when_it_measures_a_member(repo):

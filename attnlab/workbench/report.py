@@ -102,17 +102,18 @@ def git(root: Path, *args: str) -> str | None:
 
 
 def later_changes(root: Path, commit: str, files: list[str]) -> str | None:
-    """The newest commit after `commit` that touched `files`, as "abc1234 (2026-12-01): path, path"; None when none
-    did. Raises RenderError when the history cannot tell (no git, or the commit is not in it)."""
+    """The newest commit after `commit` that changed one of `files` from what it was at `commit`, as "abc1234
+    (2026-12-01): path, path"; None when every file is as it was. Raises RenderError when the history cannot tell (no git, or the commit is not in it)."""
     if git(root, "cat-file", "-e", f"{commit}^{{commit}}") is None:
         raise RenderError(f"commit {commit} is not in this repository's history (a shallow clone?): the record's age "
                           f"against the code cannot be checked")
     if not files:
         return None
-    newest = git(root, "log", "-1", "--format=%h %cs", f"{commit}..HEAD", "--", *files)
-    if not newest:
-        return None
+    # What counts is the code, not the history: a change that was later reverted leaves the record current.
     changed = git(root, "diff", "--name-only", commit, "HEAD", "--", *files) or ""
+    if not changed:
+        return None
+    newest = git(root, "log", "-1", "--format=%h %cs", f"{commit}..HEAD", "--", *changed.split())
     short, date = newest.split()
     return f"{short} ({date}): {', '.join(changed.split())}"
 
