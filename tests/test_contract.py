@@ -104,7 +104,7 @@ def test_inputs_embeds_and_logits_to_keep(model):
 def test_compiles_as_one_graph_for_forward_and_cached_decoding(model):
     """torch.compile(fullgraph=True) traces the whole model: no input check reads a tensor value (a graph break, and
     a host sync per decoding step on a GPU). The eager backend checks the trace without paying for code generation;
-    scripts/bench_compile.py measures the inductor speed-up."""
+    `attnlab bench speed --compile` measures the inductor speed-up."""
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     ids = random_ids(2, 12)
