@@ -202,13 +202,16 @@ def evidence_value(record, spec, where: str):
 class Renderer:
     def __init__(self, root: Path = REPO):
         self.root = Path(os.path.abspath(root))
-        self._ages: dict[Path, str | None] = {}  # a record's age is asked once per block that shows it
+        # A record is read once per run, though many blocks (and every verdict citing it) show it.
+        self._texts: dict[Path, str] = {}
+        self._records: dict[Path, dict | list] = {}
+        self._ages: dict[Path, str | None] = {}
 
     def age(self, record, path: Path) -> str | None:
         """Why a record is older than the code it measures: "unknown" (no commit, and it measures a member), the
         later change to that code ("abc1234 (date): files"), or None when it is current (or measures no member)."""
         if path not in self._ages:
-            files, commit = member_files(path.read_text(), self.root), provenance(record).get("commit")
+            files, commit = member_files(self._texts[path], self.root), provenance(record).get("commit")
             if not commit:
                 self._ages[path] = "unknown" if files else None
             else:
@@ -226,9 +229,12 @@ class Renderer:
 
     def load(self, record_path: str, where: str) -> tuple[dict | list, Path]:
         path = self.root / record_path
-        if path.suffix != ".json" or not path.is_file():
-            raise RenderError(f"{where}: no record {record_path} (a results/NAME.json file)")
-        return json.loads(path.read_text()), path
+        if path not in self._records:
+            if path.suffix != ".json" or not path.is_file():
+                raise RenderError(f"{where}: no record {record_path} (a results/NAME.json file)")
+            self._texts[path] = path.read_text()
+            self._records[path] = json.loads(self._texts[path])
+        return self._records[path], path
 
     def provenance_line(self, record, path: Path, page_dir: Path, where: str) -> str:
         facts = provenance(record)
