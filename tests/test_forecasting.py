@@ -133,6 +133,7 @@ def test_linear_ar_recovers_an_ar1_and_picks_a_low_order():
 def test_the_autoregression_may_reach_one_season_back_within_the_context():
     assert ar_max_order(1, 96) == 12 and ar_max_order(12, 96) == 13 and ar_max_order(24, 96) == 25
     assert ar_max_order(52, 40) == 40 and ar_max_order(24, 0) == 1  # never beyond the context it is given
+    assert ar_max_order(24, 96, highest=6) == 6 and ar_max_order(1, 4, highest=6) == 4  # --max-ar-order, capped too
     # A daily cycle of 24 steps plus noise: only an order that reaches lag 24 sees it, and AIC then takes it.
     rng = np.random.default_rng(0)
     cycle = rng.normal(size=24)

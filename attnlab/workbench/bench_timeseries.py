@@ -184,8 +184,7 @@ def run_series(spec: BenchSeries, args, work: Path) -> dict:
     score("persistence", forecasting.Persistence())
     score("seasonal_naive", forecasting.SeasonalNaive(season))
     begin = time.perf_counter()
-    ar = forecasting.LinearAR(min(args.max_ar_order, context) if args.max_ar_order
-                              else forecasting.ar_max_order(season, context)).fit(train)
+    ar = forecasting.LinearAR(forecasting.ar_max_order(season, context, args.max_ar_order)).fit(train)
     seconds["linear_ar"] = time.perf_counter() - begin
     parameters["linear_ar"] = ar.order[0] + 1
     score("linear_ar", ar)

@@ -163,10 +163,11 @@ class SeasonalNaive:
         return np.where(np.isnan(forecast), fallback, forecast)
 
 
-def ar_max_order(season: int, context: int) -> int:
-    """The highest AR order tried: 12, or one season and a step when that is more, so the autoregression can see what
-    Seasonal Naive sees (hourly, weekly series); never more than the context the forecaster is given."""
-    return max(1, min(max(12, season + 1), context))
+def ar_max_order(season: int, context: int, highest: int = 0) -> int:
+    """The highest AR order tried: `highest` when given, else 12, or one season and a step when that is more, so the
+    autoregression can see what Seasonal Naive sees (hourly, weekly series); never more than the context the
+    forecaster is given."""
+    return max(1, min(highest or max(12, season + 1), context))
 
 
 class LinearAR:
