@@ -63,3 +63,7 @@ def test_vqlnmlp_variants_reach_the_model_and_bad_ones_are_refused(tmp_path, cap
     with pytest.raises(SystemExit):
         bench.main(["timeseries", "--quick", "--vq-variants", "bad:d_model=4"])
     assert "unknown option(s) ['d_model']" in capsys.readouterr().err
+    for option in ("--max-steps", "--max-ar-order"):
+        with pytest.raises(SystemExit):
+            bench.main(["timeseries", "--quick", option, "-1"])
+        assert f"{option} must be 0 (the default rule) or positive, got -1" in capsys.readouterr().err

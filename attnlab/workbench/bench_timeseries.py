@@ -381,7 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]):
     from .bench_common import run_info, write_report
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for option in ("max_steps", "max_ar_order"):
+        if getattr(args, option) < 0:
+            parser.error(f"--{option.replace('_', '-')} must be 0 (the default rule) or positive, "
+                         f"got {getattr(args, option)}")
     if args.quick:
         args.series = [name for name in args.series if name in QUICK_SERIES] or list(QUICK_SERIES)
         args.epochs, args.vq_d_model, args.vq_codebook_size, args.context_length = 1, 16, 16, 24
