@@ -89,10 +89,8 @@ def main(argv: list[str]) -> None:
     for name in args.models.split(","):
         member = MODELS[name]
         torch.manual_seed(0)
-        # The tiny preset has 2 layers, too few for the every-4th-layer hybrid rule: a hybrid gets its second layer
-        # as attention, as in the test configs.
-        hybrid = {"mixer_types": member.test_overrides["mixer_types"]} if member.attention_every else {}
-        config = member.preset_config("tiny", vocab_size=256, max_position_embeddings=2048, **hybrid)
+        # A hybrid at the tiny preset's 2 layers is [member, attention] (the registry's layout rule).
+        config = member.preset_config("tiny", vocab_size=256, max_position_embeddings=2048)
         model = member.causal_lm_class(config)
         loss = train_on(model, torch.cat([ids, ids], dim=1), args.steps, lr=3e-3)
         with torch.no_grad():
