@@ -279,3 +279,55 @@ def test_mqar_keeps_a_partial_record_when_cut_short(tmp_path, monkeypatch):
     assert record["info"]["partial"] == "2 of 6 runs"
     text = (tmp_path / "cut.md").read_text()
     assert "Partial record: 2 of 6 runs" in text and "| llama | 32 |" in text and "| elita | 32 |" in text
+
+
+def mqar_record(path, runs, commit, date, **settings):
+    """A hand-made MQAR record: the settings of the calibrated budget (overridable) and the given runs."""
+    budget = dict(vocab_size=8192, train_examples=40000, test_examples=500, epochs=2, batch_size=32, power_a=0.01,
+                  evaluations=20, stop_at=0.99, short_conv=4, layers=2, heads=2, mlp_ratio=2, llama_match="params",
+                  lrs=[3e-3, 1e-3])
+    full_runs = [dict(dict(width=64, lr=3e-3, seed=0, parameters=1000, state_floats=100, steps=2500, steps_run=2500,
+                           history=[], seconds=1.0), **run) for run in runs]
+    path.write_text(json.dumps(dict(info=dict(command="attnlab bench mqar ...", git_commit=commit, date=date,
+                                              machine="test machine"),
+                                    settings={**budget, **settings}, runs=full_runs)))
+    return str(path)
+
+
+def test_mqar_merge_makes_one_grid_of_several_records(tmp_path):
+    short = mqar_record(tmp_path / "short.json", [dict(model="llama", seq_len=64, num_kv_pairs=4, accuracy=0.99),
+                                                  dict(model="elita", seq_len=64, num_kv_pairs=4, accuracy=0.25)],
+                        commit="aaaaaaa", date="2026-12-01 10:00 UTC")
+    long = mqar_record(tmp_path / "long.json", [dict(model="llama", seq_len=256, num_kv_pairs=16, accuracy=0.98),
+                                                dict(model="llama", seq_len=64, num_kv_pairs=4, seed=1, accuracy=0.97)],
+                       commit="bbbbbbb", date="2026-12-02 10:00 UTC")
+    bench.main(["mqar", "--merge", short, long, "--output-dir", str(tmp_path), "--name", "grid"])
+    record = json.loads((tmp_path / "grid.json").read_text())
+    assert len(record["runs"]) == 4
+    assert record["info"]["git_commit"] == "aaaaaaa"  # the oldest source's: its age is the oldest code's
+    assert record["settings"]["slices"] == ["64x4", "256x16"] and record["settings"]["seeds"] == [0, 1]
+    text = (tmp_path / "grid.md").read_text()
+    assert "| llama | 64 | 1,000 | 0.990 (0.003) | 0.980 (0.003) |" in text
+    assert "| elita | 64 | 1,000 | 0.250 (0.003) | - |" in text
+    assert "0.990 / 0.970" in text  # the second record's seed 1 joins the first's seed 0 at the best rate
+    assert "No run was trained for this record" in text and "short.md" in text
+    assert (tmp_path / "grid.png").exists()
+
+
+def test_mqar_merge_refuses_records_that_do_not_compare(tmp_path):
+    base = [dict(model="llama", seq_len=64, num_kv_pairs=4, accuracy=0.99)]
+    first = mqar_record(tmp_path / "a.json", base, "aaaaaaa", "2026-12-01 10:00 UTC")
+    other_budget = mqar_record(tmp_path / "b.json", [dict(model="llama", seq_len=128, num_kv_pairs=8, accuracy=0.9)],
+                               "bbbbbbb", "2026-12-01 11:00 UTC", epochs=8)
+    with pytest.raises(SystemExit, match="epochs is 8 in .*b.json but 2 in .*a.json"):
+        bench.main(["mqar", "--merge", first, other_budget, "--output-dir", str(tmp_path)])
+    other_llama = mqar_record(tmp_path / "c.json", [dict(model="llama", seq_len=128, num_kv_pairs=8, accuracy=0.9,
+                                                         parameters=2000)], "ccccccc", "2026-12-01 12:00 UTC")
+    with pytest.raises(SystemExit, match="llama at width 64 has 2,000 parameters"):
+        bench.main(["mqar", "--merge", first, other_llama, "--output-dir", str(tmp_path)])
+    again = mqar_record(tmp_path / "d.json", base, "ddddddd", "2026-12-01 13:00 UTC")
+    with pytest.raises(SystemExit, match="appears twice"):
+        bench.main(["mqar", "--merge", first, again, "--output-dir", str(tmp_path)])
+    (tmp_path / "e.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="e.json: cannot read it as a record"):
+        bench.main(["mqar", "--merge", first, str(tmp_path / "e.json"), "--output-dir", str(tmp_path)])

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from .bench_common import (IGNORE_INDEX, accuracy_on_labels, add_task_model_arguments, build_model,
-                           decoding_state_floats, epochs_of, save_log_x_plot, shape_overrides, task_model_values,
+                           decoding_state_floats, epochs_of, shape_overrides, task_model_values,
                            train_task, write_report)
-from .benchmarking import markdown_table
+from .benchmarking import machine_description, markdown_table
 
 
 def mqar_examples(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, seed: int,
@@ -96,7 +96,10 @@ def stopped_early(history: list[dict], stop_at: float) -> bool:
 def mqar(args, info: dict) -> dict:
     """Per width and slice, every model at the first rate, then at the other rates, then the other seeds at each
     model's best rate: a run cut short still compares every model at one rate. The record is rewritten after every
-    run (marked partial until the last), so what finished is kept."""
+    run (marked partial until the last), so what finished is kept. With `--merge`, no training: the runs of earlier
+    records become one record (one grid, one plot)."""
+    if args.merge:
+        return merge_records(args, info)
     slices = [tuple(int(x) for x in s.lower().split("x")) for s in args.slices]
     steps = max(1, args.epochs * (args.train_examples // args.batch_size))
     total = len(args.widths) * len(slices) * len(args.models) * (len(args.lrs) + len(args.seeds) - 1)
@@ -148,6 +151,70 @@ def mqar(args, info: dict) -> dict:
     return mqar_report(args, runs, slices)
 
 
+# Settings that must agree for runs of several records to be compared in one table.
+MERGE_MUST_AGREE = ("vocab_size", "train_examples", "test_examples", "epochs", "batch_size", "power_a", "evaluations",
+                    "stop_at", "short_conv", "layers", "heads", "mlp_ratio", "llama_match")
+
+
+def merge_records(args, info: dict) -> dict:
+    """The runs of earlier MQAR records as one record. Refused, naming the record and the setting, when their budgets
+    differ, when a (model, width) has different parameter counts in two of them (Llama is matched to the models of its
+    run), or when the same run appears twice. The merged record takes the commit of its oldest source, so its age is
+    judged by the oldest code it holds."""
+    import json
+
+    sources = []
+    for path in args.merge:
+        try:
+            record = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"attnlab bench mqar: --merge {path}: cannot read it as a record ({error})") from None
+        if not isinstance(record, dict) or "runs" not in record or "settings" not in record:
+            raise SystemExit(f"attnlab bench mqar: --merge {path}: not an MQAR record (no runs or settings)")
+        sources.append((path, record))
+    first_path, first = sources[0]
+    runs, parameters, seen = [], {}, set()
+    for path, record in sources:
+        for key in MERGE_MUST_AGREE:
+            if record["settings"].get(key) != first["settings"].get(key):
+                raise SystemExit(f"attnlab bench mqar: --merge: {key} is {record['settings'].get(key)!r} in {path} but "
+                                 f"{first['settings'].get(key)!r} in {first_path}; only runs at one budget compare")
+        for run in record["runs"]:
+            identity = (run["model"], run["width"], run["seq_len"], run["num_kv_pairs"], run["lr"], run["seed"])
+            if identity in seen:
+                raise SystemExit(f"attnlab bench mqar: --merge: the run {identity} appears twice (again in {path})")
+            seen.add(identity)
+            size = parameters.setdefault((run["model"], run["width"]), (run["parameters"], path))
+            if size[0] != run["parameters"]:
+                raise SystemExit(f"attnlab bench mqar: --merge: {run['model']} at width {run['width']} has "
+                                 f"{run['parameters']:,} parameters in {path} but {size[0]:,} in {size[1]} (a Llama "
+                                 "matched to other models?); merge records of one model list")
+            runs.append(run)
+    for key in MERGE_MUST_AGREE:
+        setattr(args, key, first["settings"].get(key))
+    args.models = list(dict.fromkeys(run["model"] for run in runs))
+    args.widths = sorted({run["width"] for run in runs})
+    args.lrs = list(dict.fromkeys(lr for _, record in sources for lr in record["settings"]["lrs"]))
+    args.seeds = sorted({run["seed"] for run in runs})
+    slices = sorted({(run["seq_len"], run["num_kv_pairs"]) for run in runs})
+    args.slices = [f"{L}x{kv}" for L, kv in slices]
+    oldest_path, oldest = min(sources, key=lambda source: source[1]["info"].get("date") or "")
+    info["git_commit"] = oldest["info"].get("git_commit")
+    info["merged_from"] = [dict(record=str(path), command=record["info"].get("command"),
+                                commit=record["info"].get("git_commit"), date=record["info"].get("date"),
+                                machine=record["info"].get("machine"), partial=record["info"].get("partial"))
+                           for path, record in sources]
+    machines = list(dict.fromkeys(str(source["machine"]) for source in info["merged_from"]))
+    data = mqar_report(args, runs, slices, machine="; ".join(machines))
+    lines = [f"- [`{Path(s['record']).stem}`]({Path(s['record']).stem}.md): `{s['command']}`; commit {s['commit']}; "
+             f"{s['machine']}; {s['date']}" + (f"; **partial ({s['partial']})**" if s["partial"] else "")
+             for s in info["merged_from"]]
+    data["sections"].insert(0, f"## Merged records\n\nNo run was trained for this record: it holds the {len(runs)} runs "
+                               f"of these records (the commit above is the oldest one's, {oldest_path}):\n\n"
+                            + "\n".join(lines))
+    return data
+
+
 def write_partial_record(args, info: dict, runs: list[dict], slices: list[tuple[int, int]], total: int):
     data = mqar_report(args, runs, slices)
     note = (f"**Partial record: {len(runs)} of {total} runs finished when it was written; the rest are missing "
@@ -157,7 +224,7 @@ def write_partial_record(args, info: dict, runs: list[dict], slices: list[tuple[
                  data, [note, *data.pop("sections")], args.quick)
 
 
-def mqar_report(args, runs: list[dict], slices: list[tuple[int, int]]) -> dict:
+def mqar_report(args, runs: list[dict], slices: list[tuple[int, int]], machine: str | None = None) -> dict:
     """The tables and the plot of the runs so far (the best rate at the first seed, then every seed at it)."""
     best = {}
     for run in (r for r in runs if r["seed"] == args.seeds[0]):
@@ -209,30 +276,50 @@ def mqar_report(args, runs: list[dict], slices: list[tuple[int, int]]) -> dict:
                                          seed_rows))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plot_accuracy_vs_state(out / f"{args.name}.png", best, args.models, slices)
+    plot_accuracy_vs_state(out / f"{args.name}.png", best, args.models, slices, machine or machine_description())
     sections.append(f"## Accuracy against state size\n\n![MQAR accuracy against state size]({args.name}.png)")
     return dict(runs=runs, best=list(best.values()), sections=sections)
 
 
-def plot_accuracy_vs_state(path: Path, best: dict, models: list[str], slices: list[tuple[int, int]]):
-    """Mean accuracy over slices against the decoding state at the longest slice, one point per width."""
+def plot_accuracy_vs_state(path: Path, best: dict, models: list[str], slices: list[tuple[int, int]], machine: str):
+    """zoology's figure: one panel per slice, the best rate's accuracy against the decoding state at that slice's
+    length, one line per model through its widths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    longest = max(L for L, _ in slices)
-    for index, name in enumerate(models):
-        # Widths where this model has every slice (a partial record may lack some).
-        widths = sorted({w for (m, w, *_) in best if m == name and all((m, w, L, kv) in best for L, kv in slices)})
-        xs = [best[(name, w, *max(slices))]["state_floats"] for w in widths]
-        ys = [statistics.mean(best[(name, w, L, kv)]["accuracy"] for L, kv in slices) for w in widths]
-        axes.plot(xs, ys, marker="o", color=f"C{index}", label=name)
-        for x, y, w in zip(xs, ys, widths):
-            axes.annotate(f"d={w}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
-    save_log_x_plot(figure, axes, path, f"decoding state (floats) after {longest} tokens",
-                    "MQAR accuracy, mean over slices (best lr)", "MQAR: accuracy against state size")
+    figure, panels = plt.subplots(1, len(slices), figsize=(4.2 * len(slices) + 1.5, 4.2), squeeze=False,
+                                  sharex=True, sharey=True)
+    markers = "osD^vPX*<>"  # models with equal state (attention's KV cache) sit on one x: shapes tell them apart
+    for axes, (L, kv) in zip(panels[0], slices):
+        for index, name in enumerate(models):
+            points = sorted((key[1], run) for key, run in best.items() if key[0] == name and key[2:] == (L, kv))
+            if not points:
+                continue
+            xs, ys = [run["state_floats"] for _, run in points], [run["accuracy"] for _, run in points]
+            axes.plot(xs, ys, marker=markers[index % len(markers)], color=f"C{index % 10}", alpha=0.8,
+                      markerfacecolor="none", markersize=7, linestyle="-" if index < 10 else "--", label=name)
+            if len(points) > 1:  # several widths: name each point's width
+                for (width, _), x, y in zip(points, xs, ys):
+                    axes.annotate(f"d={width}", (x, y), fontsize=6, textcoords="offset points", xytext=(3, 3))
+        axes.set_xscale("log")
+        axes.set_ylim(-0.03, 1.03)
+        axes.set_title(f"L={L}, {kv} pairs", fontsize=9)
+        axes.set_xlabel(f"decoding state (floats) after {L} tokens")
+        axes.grid(alpha=0.3)
+    panels[0][0].set_ylabel("MQAR test accuracy (best lr)")
+    handles, labels = panels[0][0].get_legend_handles_labels()
+    for axes in panels[0][1:]:  # a model missing from the first panel still gets its legend entry
+        for handle, label in zip(*axes.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    figure.legend(handles, labels, loc="center right", fontsize=7)
+    figure.suptitle(f"MQAR: accuracy against state size\n{machine}", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1 - 1.4 / figure.get_figwidth(), 1))
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def add_arguments(mqar):
@@ -254,6 +341,9 @@ def add_arguments(mqar):
     mqar.add_argument("--power-a", type=float, default=0.01)
     mqar.add_argument("--evaluations", type=int, default=20, help="test evaluations per run (for the early stop)")
     mqar.add_argument("--stop-at", type=float, default=0.99, help="stop a run once its test accuracy exceeds this")
+    mqar.add_argument("--merge", nargs="+", default=None, metavar="RECORD.json",
+                      help="train nothing: write one record (tables, plot) of the runs of these MQAR records, which "
+                           "must share a budget")
     mqar.add_argument("--short-conv", type=int, default=4, metavar="TAPS",
                       help="give every mixer a causal depthwise convolution of this many taps on its input, as "
                            "zoology does for fairness (0: none; without it Llama does not reach 0.99 in this budget)")
