@@ -331,3 +331,11 @@ def test_mqar_merge_refuses_records_that_do_not_compare(tmp_path):
     (tmp_path / "e.json").write_text("{not json")
     with pytest.raises(SystemExit, match="e.json: cannot read it as a record"):
         bench.main(["mqar", "--merge", first, str(tmp_path / "e.json"), "--output-dir", str(tmp_path)])
+    (tmp_path / "f.json").write_text(json.dumps(dict(settings={}, runs=[dict(model="llama")])))
+    with pytest.raises(SystemExit, match="f.json: not an MQAR record"):
+        bench.main(["mqar", "--merge", first, str(tmp_path / "f.json"), "--output-dir", str(tmp_path)])
+    (tmp_path / "g.json").write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(SystemExit, match="g.json: cannot read it as a record"):
+        bench.main(["mqar", "--merge", first, str(tmp_path / "g.json"), "--output-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="missing.json: cannot read it as a record"):
+        bench.main(["mqar", "--merge", first, str(tmp_path / "missing.json"), "--output-dir", str(tmp_path)])

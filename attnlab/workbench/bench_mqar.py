@@ -1,6 +1,7 @@
 """`attnlab bench mqar`: multi-query associative recall as HazyResearch/zoology defines it (docs/mqar.md;
 hf-integration-guide.md section 5), 2-layer models, a learning-rate sweep, accuracy against decoding state size."""
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from .bench_common import (IGNORE_INDEX, accuracy_on_labels, add_task_model_argu
                            decoding_state_floats, epochs_of, shape_overrides, task_model_values,
                            train_task, write_report)
 from .benchmarking import machine_description, markdown_table
+from .report import provenance
 
 
 def mqar_examples(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, seed: int,
@@ -161,16 +163,18 @@ def merge_records(args, info: dict) -> dict:
     differ, when a (model, width) has different parameter counts in two of them (Llama is matched to the models of its
     run), or when the same run appears twice. The merged record takes the commit of its oldest source, so its age is
     judged by the oldest code it holds."""
-    import json
-
     sources = []
     for path in args.merge:
         try:
             record = json.loads(Path(path).read_text())
         except (OSError, ValueError) as error:
             raise SystemExit(f"attnlab bench mqar: --merge {path}: cannot read it as a record ({error})") from None
-        if not isinstance(record, dict) or "runs" not in record or "settings" not in record:
-            raise SystemExit(f"attnlab bench mqar: --merge {path}: not an MQAR record (no runs or settings)")
+        run_keys = {"model", "width", "seq_len", "num_kv_pairs", "lr", "seed", "accuracy", "parameters", "state_floats"}
+        if (not isinstance(record, dict) or not isinstance(record.get("settings"), dict)
+                or not isinstance(record.get("runs"), list)
+                or not all(isinstance(run, dict) and run_keys <= run.keys() for run in record["runs"])):
+            raise SystemExit(f"attnlab bench mqar: --merge {path}: not an MQAR record (its settings or runs are "
+                             "missing or incomplete)")
         sources.append((path, record))
     first_path, first = sources[0]
     runs, parameters, seen = [], {}, set()
@@ -198,12 +202,10 @@ def merge_records(args, info: dict) -> dict:
     args.seeds = sorted({run["seed"] for run in runs})
     slices = sorted({(run["seq_len"], run["num_kv_pairs"]) for run in runs})
     args.slices = [f"{L}x{kv}" for L, kv in slices]
-    oldest_path, oldest = min(sources, key=lambda source: source[1]["info"].get("date") or "")
-    info["git_commit"] = oldest["info"].get("git_commit")
-    info["merged_from"] = [dict(record=str(path), command=record["info"].get("command"),
-                                commit=record["info"].get("git_commit"), date=record["info"].get("date"),
-                                machine=record["info"].get("machine"), partial=record["info"].get("partial"))
+    info["merged_from"] = [dict(record=str(path), **provenance(record), partial=record.get("info", {}).get("partial"))
                            for path, record in sources]
+    oldest = min(info["merged_from"], key=lambda source: source["date"] or "")
+    oldest_path, info["git_commit"] = oldest["record"], oldest["commit"]
     machines = list(dict.fromkeys(str(source["machine"]) for source in info["merged_from"]))
     data = mqar_report(args, runs, slices, machine="; ".join(machines))
     lines = [f"- [`{Path(s['record']).stem}`]({Path(s['record']).stem}.md): `{s['command']}`; commit {s['commit']}; "
