@@ -182,10 +182,10 @@ def plot_curves(results: dict, path: Path):
     figure, axes = plt.subplots(figsize=(7, 4.5))
     colors = {}
     for run in results["runs"]:
-        first_of_model = run["model"] not in colors
-        color = colors.setdefault(run["model"], f"C{len(colors)}")
         if not run["curve"]:  # a run shorter than its evaluation interval has only the final evaluation
             continue
+        first_of_model = run["model"] not in colors
+        color = colors.setdefault(run["model"], f"C{len(colors)}")
         steps, losses = zip(*run["curve"])
         axes.plot(steps, losses, color=color, marker="o", markersize=3, alpha=0.8,
                   label=run["model"] if first_of_model else None)
