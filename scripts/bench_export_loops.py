@@ -11,7 +11,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import transformers
 import attnlab.modeling_elita as elita_module
 import attnlab.modeling_evolving as evolving_module
 from attnlab.members import MEMBERS
+from attnlab.workbench.benchmarking import machine_facts, provenance_fields
 
 
 def load(path, name):
@@ -46,6 +46,7 @@ def main():
     parser.add_argument("--out", default="results/export-loop-speed")
     args = parser.parse_args()
     torch.manual_seed(0)
+    started = provenance_fields()
     old = {"elita": (elita_module, "cumulative_softmax", load(args.old_elita, "old_elita").cumulative_softmax),
            "evolving": (evolving_module, "evolve", load(args.old_evolving, "old_evolving").evolve)}
     rows = []
@@ -69,14 +70,13 @@ def main():
             print(rows[-1], flush=True)
     record = dict(
         command="OMP_NUM_THREADS=1 python scripts/bench_export_loops.py --old-elita ... --old-evolving ...",
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cpu=platform.processor() or platform.machine(),
-        threads=torch.get_num_threads(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+        **started, machine_facts=machine_facts(), threads=torch.get_num_threads(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
         torch=torch.__version__, transformers=transformers.__version__, load_average=os.getloadavg(),
         rounds=args.rounds, rows=rows)
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     lines = ["# Eager forward+backward: scans before and after the export work", "",
-             f"`{record['command']}`, {record['date']}, {record['threads']} thread(s), torch {record['torch']}, "
+             f"`{record['command']}`, {record['date']}, commit {record['git_commit']}, {record['machine']}, "
              f"load average {', '.join(f'{x:.1f}' for x in record['load_average'])}; median of {args.rounds} "
              "interleaved rounds.", "", "| member | preset | batch | length | old s | new s | new / old |",
              "|---|---|---|---|---|---|---|"]

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -169,7 +168,7 @@ def write_report(results: dict, out_dir: Path, name: str) -> Path:
 {results['command']}
 ```
 
-Date {results['date']}; machine: {results['machine']}, {settings['workers']} runs at a time, one thread each; **the
+Date {results['date']}; commit {results.get('git_commit')}; machine: {results['machine']}, {settings['workers']} runs at a time, one thread each; **the
 machine was shared with other jobs**, so tokens/s are indicative only. Byte tokenizer, block {settings['block_size']},
 batch {settings['batch_size']}, {settings['steps']} steps = {results['train_tokens']:,} training tokens for every run;
 `--optimizer muon` (parameter-golf's rates, no warmup, linear warm-down). Width {settings['hidden']}, 4 query / 2
@@ -250,7 +249,9 @@ def main():
     parser.add_argument("--name", default="depth_recurrent_shakespeare")
     args = parser.parse_args()
 
-    from attnlab.workbench.benchmarking import machine_description
+    from attnlab.workbench.benchmarking import machine_description, provenance_fields
+
+    started = provenance_fields()
 
     table = variants(args.hidden, args.block_size)
     eval_ids = held_out_ids(args.eval_tokens)
@@ -267,7 +268,7 @@ def main():
     machine = machine_description().replace(f"{__import__('torch').get_num_threads()} threads", "1 thread per run")
     results = dict(command="OMP_NUM_THREADS=1 " + shlex.join(["python", "scripts/depth_recurrent_shakespeare.py",
                                                                 *sys.argv[1:]]),
-                   date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), machine=machine,
+                   date=started["date"], git_commit=started["git_commit"], machine=machine,
                    wall_seconds=round(wall), settings=vars(args),
                    train_tokens=args.steps * args.batch_size * args.block_size, runs=runs, summary=summarise(runs))
     report = write_report(results, REPO / "results", args.name)

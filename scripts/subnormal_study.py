@@ -7,8 +7,6 @@ short training run. Writes results/subnormals-study.{json,md}.
 
 import argparse
 import shlex
-import json
-import os
 import sys
 from pathlib import Path
 

@@ -21,13 +21,10 @@ Per-run results are appended to NAME.runs.jsonl as they finish, so an interrupte
 import argparse
 import json
 import multiprocessing
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +223,9 @@ def main():
     output.mkdir(parents=True, exist_ok=True)
     runs_file = output / f"{args.name}.runs.jsonl"
     start = time.perf_counter()
+    from attnlab.workbench.benchmarking import provenance_fields
+
+    started = provenance_fields()
 
     variants = [v for v in VARIANTS if args.variants is None or v[0] in args.variants]
     done = {}
@@ -243,6 +243,7 @@ def main():
     print(f"{len(done)} runs already done, {len(jobs)} to go, {args.workers} worker(s)", flush=True)
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         for count, row in enumerate(pool.imap_unordered(run_one, jobs), start=1):
+            row["git_commit"] = started["git_commit"]  # a resumed table may hold runs of several commits
             done[(row["label"], row["split"], row["seed"])] = row
             with open(runs_file, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
@@ -256,18 +257,21 @@ def main():
     groups = {label: [r for r in runs if r["label"] == label] for label, _, _, _ in variants}
     summary = {label: {f"{key}/{split}": summarise([r for r in rows if r["split"] == split], key)
                        for key, split, _, _ in COLUMNS} for label, rows in {**groups, **base}.items()}
-    machine = f"{platform.node()}: {os.cpu_count()} CPU cores shared with other jobs, {platform.processor() or platform.machine()}"
+    machine = started["machine"].split(", ")
+    machine = ", ".join(part for part in machine if not part.endswith(" threads")) + ", 1 thread per run"
     command = "OMP_NUM_THREADS=1 python scripts/vqlnmlp_table.py " + " ".join(sys.argv[1:])
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    # The record's commit only when every run came from one commit: older rows in runs.jsonl may predate the code.
+    commits = {row.get("git_commit") for row in runs}
+    date, commit = started["date"], commits.pop() if len(commits) == 1 else None
     (output / f"{args.name}.json").write_text(json.dumps(dict(
-        command=command, date=date, machine=machine, seconds=round(elapsed), seeds=args.seeds, epochs=args.epochs,
+        command=command, date=date, git_commit=commit, machine=machine, seconds=round(elapsed), seeds=args.seeds, epochs=args.epochs,
         summary=summary, runs=[{k: v for k, v in r.items() if k != "forecast"} for r in runs],
         baselines={k: [{kk: vv for kk, vv in r.items() if kk != "forecast"} for r in v] for k, v in base.items()},
         seed_reported=SEED_REPORTED), indent=1))
     plot(output / f"{args.name}.png", runs, base)
 
     lines = [f"# Seed 004's table, redone ({len(args.seeds)} seeds, {args.epochs} epochs)", "",
-             f"`{command}` | {date} | {machine} | {elapsed / 60:.1f} min", "",
+             f"`{command}` | {date} | commit {commit} | {machine} | {elapsed / 60:.1f} min", "",
              "Mean ± std over seeds (models, LSTM); persistence, mean and AR are deterministic. One-step MSE is "
              "standardised (honest: with the training part's statistics; leaky: the whole series', as the seed did); "
              "rollout MSE is in (ug/m3)^2. `seeds`: runs on the honest / leaky split.", ""]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from attnlab.workbench import report
-from attnlab.workbench.report import Block, RenderError, Renderer, stale_pages
+from attnlab.workbench.report import Block, RenderError, Renderer, member_files, stale_pages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,6 +146,16 @@ def test_a_record_without_a_commit_is_marked_only_when_it_measures_a_member(repo
     (repo / "results" / "old.json").write_text(json.dumps([{"model": "elita", "median_s": 1.0}]))
     assert "Age unknown" in render(repo, block("results/old.json"))
     assert "Age unknown" not in render(repo, block("results/llama.json"))  # llama is transformers' code
+
+
+def test_a_member_named_at_the_start_of_a_word_is_measured_code():
+    """A record names its member inside longer words ("vqlnmlp_table", "elita_attention", "retention:Retention");
+    a word that only ends with a member's name ("modeling_elita") or contains it is not the member."""
+    root = Path(__file__).resolve().parents[1]
+    assert "attnlab/modeling_vqlnmlp.py" in member_files('{"name": "vqlnmlp_table"}', root)
+    assert "attnlab/modeling_elita.py" in member_files('{"model": "elita_attention"}', root)
+    assert "examples/retention/retention.py" in member_files('{"model": "retention:Retention"}', root)
+    assert member_files('{"file": "attnlab/modeling_elita.py", "model": "llama", "x": "delitas"}', root) == []
 
 
 @pytest.mark.parametrize("spec, message", [

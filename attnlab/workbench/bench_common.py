@@ -2,13 +2,11 @@
 parameters), decoding state size, the task training loop of MQAR and copy, and the reports (JSON + markdown) with the
 machine, command and commit."""
 
-import datetime
 import json
 import math
 import os
 import shlex
 import statistics
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..members import HYBRIDS, MEMBERS, get_member
 from ..modeling_common import CACHE_FIELD
-from .benchmarking import load_average, machine_description, machine_facts
+from .benchmarking import load_average, machine_description, machine_facts, provenance_fields
 
 BASELINE = "llama"
 DEFAULT_MODELS = [*MEMBERS, *HYBRIDS, BASELINE]
@@ -128,13 +126,7 @@ def _preset_values(preset: str, vocab_size: int) -> dict:
 
 
 def run_info(argv: list[str]) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        commit = None
-    return dict(command=shlex.join(["attnlab", "bench", *argv]), machine=machine_description(),
-                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), git_commit=commit,
+    return dict(command=shlex.join(["attnlab", "bench", *argv]), **provenance_fields(),
                 load_average_at_start=os.getloadavg()[0], cpu_count=os.cpu_count(), machine_facts=machine_facts(),
                 load_averages_before=load_average())
 

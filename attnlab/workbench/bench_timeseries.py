@@ -13,8 +13,6 @@ part for the same number of steps and batch size.
 """
 
 import argparse
-import json
-import math
 import tempfile
 import time
 import warnings

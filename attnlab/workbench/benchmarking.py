@@ -9,6 +9,7 @@ measured in the same run, since absolute numbers depend on the machine.
 
 import argparse
 import contextlib
+import datetime
 import functools
 import importlib
 import json
@@ -87,6 +88,23 @@ def machine_description() -> str:
     return (f"{device}{facts['cpu_model']} ({facts['cpu_vendor']}), {facts['usable_cpus']} of {facts['cpu_count']} "
             f"CPUs usable, {facts['torch_threads']} threads, subnormals {facts['subnormals']}, torch {facts['torch_version']}, transformers "
             f"{facts['transformers_version']}")
+
+
+def code_commit() -> str | None:
+    """The short commit of the attnlab checkout that is running, or None outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def provenance_fields() -> dict:
+    """What every record states about where it came from, taken when a run starts: the machine, the UTC date and
+    the commit of the code (`attnlab report` compares the commit with the code the record measures)."""
+    return dict(machine=machine_description(), git_commit=code_commit(),
+                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from .benchmarking import machine_description
+from .benchmarking import machine_description, provenance_fields
 from ..tokenization_attnlab import byte_tokenizer
 from .training import TrainArgs, build_config, parse_overrides, train
 
@@ -77,6 +77,8 @@ def matched_baseline_overrides(comparison: Comparison) -> tuple[list[str], int, 
 
 def run(comparison: Comparison, work_dir: Path, num_threads: int | None = 1) -> dict:
     """Train and evaluate every (model, seed); returns the report data (also what the JSON holds)."""
+    started = provenance_fields()  # the commit and date when the runs start (the machine is described at the end,
+    # when training has set the threads and subnormal mode it ran with)
     baseline_overrides, _, _ = matched_baseline_overrides(comparison)
     models = {**{member: comparison.config_overrides for member in comparison.member}, BASELINE: baseline_overrides}
     tokenizer = byte_tokenizer()
@@ -101,7 +103,8 @@ def run(comparison: Comparison, work_dir: Path, num_threads: int | None = 1) -> 
                   f"bits/byte {metrics['final_eval']['bits_per_byte']:.4f}, {metrics['train_seconds']:.0f} s")
     return dict(comparison=comparison.__dict__, parameters=parameters,
                 tokens_per_step=comparison.batch_size * comparison.block_size, runs=runs,
-                summary=summarise(runs), machine=machine_description())
+                summary=summarise(runs), date=started["date"], git_commit=started["git_commit"],
+                machine=machine_description())
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -83,12 +83,14 @@ def member_files(record_text: str, root: Path) -> list[str]:
     as their member), and the example mixer's file when it is named."""
     from ..members import MEMBERS, TIME_SERIES_MEMBERS
 
-    names = set(re.findall(r"[a-z_]+", record_text))
+    def named(name: str) -> bool:  # as a word of its own or the start of one ("vqlnmlp_table", "elita_attention")
+        return re.search(rf"(?<![a-z_]){name}(?![a-z])", record_text) is not None
+
     files = []
     for member in [*MEMBERS, *TIME_SERIES_MEMBERS]:
-        if member in names or f"{member}_attention" in names:
+        if named(member):
             files += [f"attnlab/modeling_{member}.py", f"attnlab/configuration_{member}.py"]
-    if "retention" in names:
+    if named("retention"):
         files.append("examples/retention/retention.py")
     return [path for path in files if (root / path).exists()]
 
