@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-import transformers
 
 import attnlab.modeling_elita as elita_module
 import attnlab.modeling_evolving as evolving_module
@@ -70,8 +69,8 @@ def main():
             print(rows[-1], flush=True)
     record = dict(
         command="OMP_NUM_THREADS=1 python scripts/bench_export_loops.py --old-elita ... --old-evolving ...",
-        **started, machine_facts=machine_facts(), threads=torch.get_num_threads(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
-        torch=torch.__version__, transformers=transformers.__version__, load_average=os.getloadavg(),
+        **started, machine_facts=machine_facts(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+        load_average=os.getloadavg(),
         rounds=args.rounds, rows=rows)
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")

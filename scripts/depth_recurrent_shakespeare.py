@@ -265,7 +265,7 @@ def main():
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
             runs = list(pool.map(run_one, jobs))
         wall = time.perf_counter() - start
-    machine = machine_description().replace(f"{__import__('torch').get_num_threads()} threads", "1 thread per run")
+    machine = machine_description(threads="1 thread per run")
     results = dict(command="OMP_NUM_THREADS=1 " + shlex.join(["python", "scripts/depth_recurrent_shakespeare.py",
                                                                 *sys.argv[1:]]),
                    date=started["date"], git_commit=started["git_commit"], machine=machine,

@@ -225,7 +225,7 @@ def main():
     start = time.perf_counter()
     from attnlab.workbench.benchmarking import provenance_fields
 
-    started = provenance_fields()
+    started = provenance_fields(threads="1 thread per run")
 
     variants = [v for v in VARIANTS if args.variants is None or v[0] in args.variants]
     done = {}
@@ -257,8 +257,7 @@ def main():
     groups = {label: [r for r in runs if r["label"] == label] for label, _, _, _ in variants}
     summary = {label: {f"{key}/{split}": summarise([r for r in rows if r["split"] == split], key)
                        for key, split, _, _ in COLUMNS} for label, rows in {**groups, **base}.items()}
-    machine = started["machine"].split(", ")
-    machine = ", ".join(part for part in machine if not part.endswith(" threads")) + ", 1 thread per run"
+    machine = started["machine"]
     command = "OMP_NUM_THREADS=1 python scripts/vqlnmlp_table.py " + " ".join(sys.argv[1:])
     # The record's commit only when every run came from one commit: older rows in runs.jsonl may predate the code.
     commits = {row.get("git_commit") for row in runs}

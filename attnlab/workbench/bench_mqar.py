@@ -158,6 +158,10 @@ MERGE_MUST_AGREE = ("vocab_size", "train_examples", "test_examples", "epochs", "
                     "stop_at", "short_conv", "layers", "heads", "mlp_ratio", "llama_match")
 
 
+# What merging reads of each run (a record whose runs lack one is refused).
+MERGED_RUN_KEYS = {"model", "width", "seq_len", "num_kv_pairs", "lr", "seed", "accuracy", "parameters", "state_floats"}
+
+
 def merge_records(args, info: dict) -> dict:
     """The runs of earlier MQAR records as one record. Refused, naming the record and the setting, when their budgets
     differ, when a (model, width) has different parameter counts in two of them (Llama is matched to the models of its
@@ -169,10 +173,9 @@ def merge_records(args, info: dict) -> dict:
             record = json.loads(Path(path).read_text())
         except (OSError, ValueError) as error:
             raise SystemExit(f"attnlab bench mqar: --merge {path}: cannot read it as a record ({error})") from None
-        run_keys = {"model", "width", "seq_len", "num_kv_pairs", "lr", "seed", "accuracy", "parameters", "state_floats"}
         if (not isinstance(record, dict) or not isinstance(record.get("settings"), dict)
                 or not isinstance(record.get("runs"), list)
-                or not all(isinstance(run, dict) and run_keys <= run.keys() for run in record["runs"])):
+                or not all(isinstance(run, dict) and MERGED_RUN_KEYS <= run.keys() for run in record["runs"])):
             raise SystemExit(f"attnlab bench mqar: --merge {path}: not an MQAR record (its settings or runs are "
                              "missing or incomplete)")
         sources.append((path, record))

@@ -82,28 +82,29 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def machine_description() -> str:
+def machine_description(threads: str | None = None) -> str:
+    """The machine in one line. `threads` says how the measured work was threaded where that is not this process's
+    torch thread count (a script whose runs each use one thread in its own process: "1 thread per run")."""
     facts = machine_facts()
     device = f"{facts['accelerator']}, host " if facts["accelerator"] else ""
+    threads = threads or f"{facts['torch_threads']} threads"
     return (f"{device}{facts['cpu_model']} ({facts['cpu_vendor']}), {facts['usable_cpus']} of {facts['cpu_count']} "
-            f"CPUs usable, {facts['torch_threads']} threads, subnormals {facts['subnormals']}, torch {facts['torch_version']}, transformers "
+            f"CPUs usable, {threads}, subnormals {facts['subnormals']}, torch {facts['torch_version']}, transformers "
             f"{facts['transformers_version']}")
 
 
 def code_commit() -> str | None:
     """The short commit of the attnlab checkout that is running, or None outside a git checkout."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return (done.stdout.strip() or None) if done.returncode == 0 else None
+    from .report import git
+
+    return git(Path(__file__).parent, "rev-parse", "--short", "HEAD") or None
 
 
-def provenance_fields() -> dict:
-    """What every record states about where it came from, taken when a run starts: the machine, the UTC date and
-    the commit of the code (`attnlab report` compares the commit with the code the record measures)."""
-    return dict(machine=machine_description(), git_commit=code_commit(),
+def provenance_fields(threads: str | None = None) -> dict:
+    """What every record states about where it came from, taken when a run starts: the machine (`threads` as in
+    `machine_description`), the UTC date and the commit of the code (`attnlab report` compares the commit with the
+    code the record measures)."""
+    return dict(machine=machine_description(threads), git_commit=code_commit(),
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
