@@ -118,6 +118,12 @@ def test_llama_matched_to_the_mean_and_shallow_hybrids_keep_attention():
     for name in HYBRIDS:  # the registry's layout rule, at the benchmark's depth
         assert bench_common.build_config(name, {**values, **overrides[name]}).mixer_types == [name.split("_")[0], "attention"]
         assert bench_common.build_config(name, {**values, **overrides[name]}).mixer_types[-1] == "attention"
+    # A grid split across runs: Llama beside two of the models, matched to all of them, is the same Llama.
+    split_overrides, split_counts = bench_common.shape_overrides(["llama", *list(MEMBERS)[:2]], values, "params",
+                                                                 match_to=models)
+    assert set(split_counts) == {"llama", *list(MEMBERS)[:2]}
+    assert split_overrides["llama"] == overrides["llama"] and split_counts["llama"] == counts["llama"]
+    assert bench_common.shape_overrides(["llama", *list(MEMBERS)[:2]], values, "params")[1]["llama"] != counts["llama"]
 
 
 def test_quick_suite_through_the_cli(tmp_path):

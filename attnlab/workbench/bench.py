@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--llama-match", choices=["params", "shape"], default="params",
                          help="params: Llama's MLP sized to the mean parameter count of the others; shape: the "
                               "preset's MLP (the older per-member benchmarks)")
+        sub.add_argument("--llama-match-to", nargs="+", default=None, metavar="MODEL",
+                         help="with --llama-match params: match Llama to the mean of these models instead of the "
+                              "compared ones (a grid split across runs keeps one Llama)")
         sub.add_argument("--output-dir", default=None,
                          help="where NAME.json, NAME.md and the PNGs go (default: results, or outputs/bench-quick)")
         sub.add_argument("--name", default=None, help="report name (default: the section's name)")
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None):
     args.name = args.name or args.section + ("-quick" if args.quick else "")
     workbench_flush(args.keep_subnormals)  # before any other work, so that torch's threads inherit it
     args.models = list(dict.fromkeys([*args.models, *(m for mixer in args.mixer for m in (mixer, f"{mixer}+attention"))]))
-    for name in args.models:
+    for name in [*args.models, *(args.llama_match_to or [])]:
         get_member(name)  # an unknown name or a mixer path that does not import: one line, before any work
     info = run_info(argv)
     start = time.perf_counter()

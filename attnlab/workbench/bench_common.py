@@ -60,17 +60,22 @@ def matched_llama_intermediate(values: dict, target: int) -> int:
     return max(1, round(1 + (target - base) / per_unit))
 
 
-def shape_overrides(models: list[str], values: dict, llama_match: str) -> tuple[dict[str, dict], dict[str, int]]:
-    """Per model, the config overrides beyond `values` (Llama's matched width of its MLP), and parameter counts."""
+def shape_overrides(models: list[str], values: dict, llama_match: str,
+                    match_to: list[str] | None = None) -> tuple[dict[str, dict], dict[str, int]]:
+    """Per model, the config overrides beyond `values` (Llama's matched width of its MLP), and parameter counts.
+
+    Llama is matched to the mean count of `match_to` where given (models need not be in `models`: a grid split across
+    runs or machines keeps one Llama), else of the other compared models."""
     # A hybrid's layout and a depth-recurrent member's blocks depend on the depth; everything else shares `values`.
+    named = list(dict.fromkeys([*models, *(match_to or [])]))
     overrides = {name: {k: v for k, v in config_values(name, values).items() if values.get(k, object()) != v}
-                 for name in models}
-    counts = {name: count_parameters(name, {**values, **overrides[name]}) for name in models}
-    others = [counts[name] for name in models if name != BASELINE]
+                 for name in named}
+    counts = {name: count_parameters(name, {**values, **overrides[name]}) for name in named}
+    others = [counts[name] for name in (match_to or models) if name != BASELINE]
     if BASELINE in models and others and llama_match == "params":
         overrides[BASELINE] = {"intermediate_size": matched_llama_intermediate(values, round(statistics.mean(others)))}
         counts[BASELINE] = count_parameters(BASELINE, {**values, **overrides[BASELINE]})
-    return overrides, counts
+    return {name: overrides[name] for name in models}, {name: counts[name] for name in models}
 
 
 def build_model(name: str, values: dict, seed: int = 0, device: str = "cpu"):

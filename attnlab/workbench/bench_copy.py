@@ -49,7 +49,7 @@ def copy_batch(batch_size: int, seq_len: int, vocab_size: int, form: str,
 
 def copy(args, info: dict) -> dict:
     values = task_model_values(args, args.width, args.vocab_size, args.seq_len)
-    overrides, counts = shape_overrides(args.models, values, args.llama_match)
+    overrides, counts = shape_overrides(args.models, values, args.llama_match, args.llama_match_to)
     runs = []
     for form in args.forms:
         test = copy_batch(args.test_examples, args.seq_len, args.vocab_size, form, torch.Generator().manual_seed(2))

@@ -19,7 +19,7 @@ def lm(args, info: dict) -> dict:
     for item in args.config_overrides:
         key, _, value = item.partition("=")
         values[key] = json.loads(value)
-    overrides, counts = shape_overrides(args.models, values, args.llama_match)
+    overrides, counts = shape_overrides(args.models, values, args.llama_match, args.llama_match_to)
     shape_keys = {k: v for k, v in values.items() if k not in ("vocab_size",)}
     work = Path(args.work_dir)
 

@@ -109,7 +109,7 @@ def mqar(args, info: dict) -> dict:
     for width in args.widths:
         for seq_len, kv in slices:
             values = task_model_values(args, width, args.vocab_size, seq_len)
-            overrides, _ = shape_overrides(args.models, values, args.llama_match)
+            overrides, _ = shape_overrides(args.models, values, args.llama_match, args.llama_match_to)
             train_inputs, train_labels = mqar_examples(args.train_examples, seq_len, kv, args.vocab_size, seed=1,
                                                        power_a=args.power_a)
             test_inputs, test_labels = mqar_examples(args.test_examples, seq_len, kv, args.vocab_size, seed=2,

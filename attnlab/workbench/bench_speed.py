@@ -53,7 +53,8 @@ def speed(args, info: dict) -> dict:
     records, skipped_measurements = [], []
     for preset in args.presets:
         names = list(args.models)
-        overrides, counts = shape_overrides(names, _preset_values(preset, args.vocab_size), args.llama_match)
+        overrides, counts = shape_overrides(names, _preset_values(preset, args.vocab_size), args.llama_match,
+                                            args.llama_match_to)
         info.setdefault("parameters", {})[preset] = counts
         for precision in precisions:
             autocast = precision == "bf16" or (precision == "auto" and bf16_autocast_is_fast(torch.device(device).type))

@@ -106,7 +106,7 @@ def subnormal_section(args, info: dict) -> dict:
     torch.set_num_threads(1)
     values = _preset_values(args.preset, vocab_size=256)
     values["max_position_embeddings"] = max(args.seq_len, args.train_length)
-    overrides, counts = shape_overrides(args.models, values, args.llama_match)
+    overrides, counts = shape_overrides(args.models, values, args.llama_match, args.llama_match_to)
     ids = next(shakespeare_batches(args.batch_size, args.seq_len, seed=1))
     records, rows = [], []
     for name in args.models:
