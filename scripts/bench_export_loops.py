@@ -73,6 +73,7 @@ def main():
         load_average=os.getloadavg(),
         rounds=args.rounds, rows=rows)
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     lines = ["# Eager forward+backward: scans before and after the export work", "",
              f"`{record['command']}`, {record['date']}, commit {record['git_commit']}, {record['machine']}, "

@@ -268,7 +268,8 @@ def main():
     machine = machine_description(threads="1 thread per run")
     results = dict(command="OMP_NUM_THREADS=1 " + shlex.join(["python", "scripts/depth_recurrent_shakespeare.py",
                                                                 *sys.argv[1:]]),
-                   date=started["date"], git_commit=started["git_commit"], machine=machine,
+                   date=started["date"], git_commit=started["git_commit"],
+                   uncommitted_code=started["uncommitted_code"], machine=machine,
                    wall_seconds=round(wall), settings=vars(args),
                    train_tokens=args.steps * args.batch_size * args.block_size, runs=runs, summary=summarise(runs))
     report = write_report(results, REPO / "results", args.name)

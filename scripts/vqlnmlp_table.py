@@ -59,7 +59,7 @@ def run_one(job: dict) -> dict:
     from attnlab.workbench import timeseries as ts
 
     torch.set_num_threads(1)
-    label, heads, code = job["label"], job["heads"], job["code"]
+    heads, code = job["heads"], job["code"]
     work = Path(tempfile.mkdtemp(prefix="vqtable-"))
     try:
         args = ts.TimeSeriesTrainArgs(split=job["split"], num_heads=heads, position_code=code, seed=job["seed"],
@@ -244,6 +244,7 @@ def main():
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         for count, row in enumerate(pool.imap_unordered(run_one, jobs), start=1):
             row["git_commit"] = started["git_commit"]  # a resumed table may hold runs of several commits
+            row["uncommitted_code"] = started["uncommitted_code"]
             done[(row["label"], row["split"], row["seed"])] = row
             with open(runs_file, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
@@ -263,7 +264,8 @@ def main():
     commits = {row.get("git_commit") for row in runs}
     date, commit = started["date"], commits.pop() if len(commits) == 1 else None
     (output / f"{args.name}.json").write_text(json.dumps(dict(
-        command=command, date=date, git_commit=commit, machine=machine, seconds=round(elapsed), seeds=args.seeds, epochs=args.epochs,
+        command=command, date=date, git_commit=commit,
+        uncommitted_code=sorted({path for row in runs for path in row.get("uncommitted_code") or []}), machine=machine, seconds=round(elapsed), seeds=args.seeds, epochs=args.epochs,
         summary=summary, runs=[{k: v for k, v in r.items() if k != "forecast"} for r in runs],
         baselines={k: [{kk: vv for kk, vv in r.items() if kk != "forecast"} for r in v] for k, v in base.items()},
         seed_reported=SEED_REPORTED), indent=1))

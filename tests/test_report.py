@@ -142,6 +142,21 @@ def test_a_record_older_than_its_member_code_is_marked(repo):
     assert "Older than the code it measures" not in render(repo, block("results/speed.json"))
 
 
+def test_a_record_from_a_modified_checkout_says_so(repo):
+    from attnlab.workbench.benchmarking import uncommitted_code
+
+    assert uncommitted_code(repo) == []
+    (repo / "attnlab" / "modeling_elita.py").write_text("x = 3\n")
+    (repo / "results" / "speed.md").write_text("a record, not code\n")
+    assert uncommitted_code(repo) == ["attnlab/modeling_elita.py"]  # the code the run measures, not its outputs
+    record = json.loads((repo / "results" / "speed.json").read_text())
+    record["info"]["uncommitted_code"] = uncommitted_code(repo)
+    (repo / "results" / "modified.json").write_text(json.dumps(record))
+    assert "with uncommitted changes to attnlab/modeling_elita.py" in render(repo, block("results/modified.json"))
+    assert "uncommitted" not in render(repo, block("results/speed.json"))
+    assert uncommitted_code(repo.parent) is None  # not a checkout
+
+
 def test_a_record_without_a_commit_is_marked_only_when_it_measures_a_member(repo):
     (repo / "results" / "old.json").write_text(json.dumps([{"model": "elita", "median_s": 1.0}]))
     assert "Age unknown" in render(repo, block("results/old.json"))

@@ -100,11 +100,22 @@ def code_commit() -> str | None:
     return git(Path(__file__).parent, "rev-parse", "--short", "HEAD") or None
 
 
+def uncommitted_code(root: Path | None = None) -> list[str] | None:
+    """The code files (the package, scripts, examples) that differ from the commit in the checkout at `root` (by
+    default the one that is running): a record taken from such a tree measures code no commit holds. None outside a
+    git checkout."""
+    from .report import git
+
+    root = root or Path(__file__).resolve().parents[2]
+    changed = git(root, "diff", "--name-only", "HEAD", "--", "attnlab", "scripts", "examples")
+    return None if changed is None else sorted(changed.split())
+
+
 def provenance_fields(threads: str | None = None) -> dict:
     """What every record states about where it came from, taken when a run starts: the machine (`threads` as in
-    `machine_description`), the UTC date and the commit of the code (`attnlab report` compares the commit with the
-    code the record measures)."""
-    return dict(machine=machine_description(threads), git_commit=code_commit(),
+    `machine_description`), the UTC date, the commit of the code (`attnlab report` compares the commit with the
+    code the record measures) and the code files changed since that commit, if any."""
+    return dict(machine=machine_description(threads), git_commit=code_commit(), uncommitted_code=uncommitted_code(),
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 

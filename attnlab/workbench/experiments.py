@@ -104,6 +104,7 @@ def run(comparison: Comparison, work_dir: Path, num_threads: int | None = 1) -> 
     return dict(comparison=comparison.__dict__, parameters=parameters,
                 tokens_per_step=comparison.batch_size * comparison.block_size, runs=runs,
                 summary=summarise(runs), date=started["date"], git_commit=started["git_commit"],
+                uncommitted_code=started["uncommitted_code"],
                 machine=machine_description())
 
 

@@ -74,7 +74,7 @@ def provenance(record: dict | list) -> dict:
     if isinstance(record, list):
         return {}
     info = record.get("info") if isinstance(record.get("info"), dict) else record
-    return {key: info.get(key) for key in ("command", "machine", "date")} | {
+    return {key: info.get(key) for key in ("command", "machine", "date", "uncommitted_code")} | {
         "commit": info.get("git_commit") or info.get("commit")}
 
 
@@ -242,7 +242,9 @@ class Renderer:
         facts = provenance(record)
         link = f"[`{path.relative_to(self.root).as_posix()}`]({self.link(path.with_suffix('.md'), page_dir)})"
         parts = [f"`{facts['command']}`" if facts.get("command") else "command not recorded",
-                 f"commit {facts['commit']}" if facts.get("commit") else "commit not recorded",
+                 (f"commit {facts['commit']}" if facts.get("commit") else "commit not recorded")
+                 + (f" with uncommitted changes to {', '.join(facts['uncommitted_code'])}"
+                    if facts.get("uncommitted_code") else ""),
                  facts.get("machine") or "machine not recorded", facts.get("date") or "date not recorded"]
         line = f"*Record {link}: {'; '.join(parts)}.*"
         changed = self.age(record, path)
