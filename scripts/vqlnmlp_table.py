@@ -265,7 +265,8 @@ def main():
     date, commit = started["date"], commits.pop() if len(commits) == 1 else None
     (output / f"{args.name}.json").write_text(json.dumps(dict(
         command=command, date=date, git_commit=commit,
-        uncommitted_code=sorted({path for row in runs for path in row.get("uncommitted_code") or []}), machine=machine, seconds=round(elapsed), seeds=args.seeds, epochs=args.epochs,
+        uncommitted_code=sorted({path for row in runs for path in row.get("uncommitted_code") or []}),
+        machine=machine, seconds=round(elapsed), seeds=args.seeds, epochs=args.epochs,
         summary=summary, runs=[{k: v for k, v in r.items() if k != "forecast"} for r in runs],
         baselines={k: [{kk: vv for kk, vv in r.items() if kk != "forecast"} for r in v] for k, v in base.items()},
         seed_reported=SEED_REPORTED), indent=1))

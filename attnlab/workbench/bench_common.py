@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..members import HYBRIDS, MEMBERS, get_member
 from ..modeling_common import CACHE_FIELD
 from .benchmarking import load_average, machine_description, machine_facts, provenance_fields
+from .report import commit_label
 
 BASELINE = "llama"
 DEFAULT_MODELS = [*MEMBERS, *HYBRIDS, BASELINE]
@@ -147,10 +148,8 @@ def write_report(out_dir: Path, name: str, info: dict, settings: dict, data: dic
                if quick else "")
     load = max(info["load_average_at_start"], info["load_average_at_end"])
     shared = " Other jobs shared the machine: timings are disturbed." if load > 0.5 * info["cpu_count"] + 1 else ""
-    changes = (f" with uncommitted changes to {', '.join(info['uncommitted_code'])}"
-               if info.get("uncommitted_code") else "")
     header = (f"```bash\n{info['command']}\n```\n\n{warning}Machine: {info['machine']}, {info['cpu_count']} CPUs; "
-              f"{info['date']}; commit {info['git_commit']}{changes}; load average {info['load_average_at_start']:.1f} at the "
+              f"{info['date']}; {commit_label(info['git_commit'], info.get('uncommitted_code'))}; load average {info['load_average_at_start']:.1f} at the "
               f"start, {info['load_average_at_end']:.1f} at the end.{shared}")
     (out_dir / f"{name}.md").write_text("\n\n".join([header, *sections]) + "\n")
     return out_dir / f"{name}.md"

@@ -108,7 +108,7 @@ def uncommitted_code(root: Path | None = None) -> list[str] | None:
 
     root = root or Path(__file__).resolve().parents[2]
     changed = git(root, "diff", "--name-only", "HEAD", "--", "attnlab", "scripts", "examples")
-    return None if changed is None else sorted(changed.split())
+    return None if changed is None else sorted(changed.splitlines())
 
 
 def provenance_fields(threads: str | None = None) -> dict:

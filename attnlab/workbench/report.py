@@ -78,6 +78,12 @@ def provenance(record: dict | list) -> dict:
         "commit": info.get("git_commit") or info.get("commit")}
 
 
+def commit_label(commit: str | None, uncommitted: list[str] | None = None) -> str:
+    """How a record's commit is shown: "commit abc1234", with the code files changed since it when there were any."""
+    label = f"commit {commit}" if commit else "commit not recorded"
+    return label + (f" with uncommitted changes to {', '.join(uncommitted)}" if uncommitted else "")
+
+
 def member_files(record_text: str, root: Path) -> list[str]:
     """The code a record measures: the modeling and configuration files of every member named in it (hybrids count
     as their member), and the example mixer's file when it is named."""
@@ -242,9 +248,7 @@ class Renderer:
         facts = provenance(record)
         link = f"[`{path.relative_to(self.root).as_posix()}`]({self.link(path.with_suffix('.md'), page_dir)})"
         parts = [f"`{facts['command']}`" if facts.get("command") else "command not recorded",
-                 (f"commit {facts['commit']}" if facts.get("commit") else "commit not recorded")
-                 + (f" with uncommitted changes to {', '.join(facts['uncommitted_code'])}"
-                    if facts.get("uncommitted_code") else ""),
+                 commit_label(facts.get("commit"), facts.get("uncommitted_code")),
                  facts.get("machine") or "machine not recorded", facts.get("date") or "date not recorded"]
         line = f"*Record {link}: {'; '.join(parts)}.*"
         changed = self.age(record, path)

@@ -35,7 +35,7 @@ from .data import load_text_splits, pack_blocks
 from .evaluation import EvalResult, NonFiniteLossError, evaluate_blocks
 from .hub import CHECKPOINT_PREFIX, check_folder, model_card
 from .muon import MuonWithAdamW, seed_momentum_warmup_steps, seed_warmdown_steps, warmup_then_warmdown
-from .subnormals import flush_denormal_enabled, flush_denormal_state, workbench_flush
+from .subnormals import flush_denormal, flush_denormal_enabled, flush_denormal_state, workbench_flush
 from ..members import BASELINES, HYBRIDS, MEMBERS, STACKS, get_member
 from ..tokenization_attnlab import load_tokenizer, token_byte_lengths
 
@@ -534,11 +534,8 @@ def train(args: TrainArgs, on_step: Callable[[int, float], None] | None = None) 
     stopped by the time limit or an exception leaves its last checkpoint for `resume=True`. The run flushes
     subnormals unless `keep_subnormals` (logged); the calling thread's mode is restored when it returns.
     """
-    previous = flush_denormal_enabled()
-    try:
+    with flush_denormal(flush_denormal_enabled()):  # the run may change the mode; the block restores the caller's
         return _train(args, on_step)
-    finally:
-        torch.set_flush_denormal(previous)
 
 
 def _train(args: TrainArgs, on_step: Callable[[int, float], None] | None) -> dict:
