@@ -2,6 +2,7 @@
 state-size bookkeeping, and `attnlab bench all --quick` end to end (the CI smoke test; its numbers mean nothing)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -345,3 +346,16 @@ def test_mqar_merge_refuses_records_that_do_not_compare(tmp_path):
         bench.main(["mqar", "--merge", first, str(tmp_path / "g.json"), "--output-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="missing.json: cannot read it as a record"):
         bench.main(["mqar", "--merge", first, str(tmp_path / "missing.json"), "--output-dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--llama-match", "shape", "--llama-match-to", "elita"], "needs --llama-match params"),
+    (["--llama-match-to", "llama"], "name the models \\(other than llama\\)"),
+    (["--llama-match-to", "nosuch"], "unknown model 'nosuch'"),
+])
+def test_llama_match_to_where_it_cannot_apply_is_one_line(tmp_path, capsys, options, message):
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "mqar", "--quick", "--models", "llama", "elita", "--output-dir", str(tmp_path), *options])
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    assert not list(tmp_path.iterdir())  # refused before any work

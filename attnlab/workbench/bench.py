@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None):
     args.name = args.name or args.section + ("-quick" if args.quick else "")
     workbench_flush(args.keep_subnormals)  # before any other work, so that torch's threads inherit it
     args.models = list(dict.fromkeys([*args.models, *(m for mixer in args.mixer for m in (mixer, f"{mixer}+attention"))]))
+    if args.llama_match_to is not None and args.llama_match != "params":
+        parser.error("--llama-match-to sizes Llama by parameters: it needs --llama-match params")
+    if args.llama_match_to is not None and not set(args.llama_match_to) - {"llama"}:
+        parser.error("--llama-match-to: name the models (other than llama) whose mean parameter count Llama matches")
     for name in [*args.models, *(args.llama_match_to or [])]:
         get_member(name)  # an unknown name or a mixer path that does not import: one line, before any work
     info = run_info(argv)
