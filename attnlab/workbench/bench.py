@@ -101,7 +101,6 @@ def main(argv: list[str] | None = None):
             args.work_dir = str(Path(args.output_dir) / "bench-lm-runs")
             args.train_files, args.validation_files = bench_lm.quick_text_files(Path(args.work_dir))
     args.name = args.name or args.section + ("-quick" if args.quick else "")
-    workbench_flush(args.keep_subnormals)  # before any other work, so that torch's threads inherit it
     args.models = list(dict.fromkeys([*args.models, *(m for mixer in args.mixer for m in (mixer, f"{mixer}+attention"))]))
     if args.llama_match_to is not None and args.llama_match != "params":
         parser.error("--llama-match-to sizes Llama by parameters: it needs --llama-match params")
@@ -109,6 +108,9 @@ def main(argv: list[str] | None = None):
         parser.error("--llama-match-to: name the models (other than llama) whose mean parameter count Llama matches")
     for name in [*args.models, *(args.llama_match_to or [])]:
         get_member(name)  # an unknown name or a mixer path that does not import: one line, before any work
+    # After the option checks (a bad option answers with its error alone), before any tensor work, so that torch's
+    # threads inherit it.
+    workbench_flush(args.keep_subnormals)
     info = run_info(argv)
     start = time.perf_counter()
     data = SECTIONS[args.section](args, info)
