@@ -353,9 +353,10 @@ def test_mqar_merge_refuses_records_that_do_not_compare(tmp_path):
     (["--llama-match-to", "llama"], "name the models \\(other than llama\\)"),
     (["--llama-match-to", "nosuch"], "unknown model 'nosuch'"),
 ])
-def test_llama_match_to_where_it_cannot_apply_is_one_line(tmp_path, capsys, options, message):
+@pytest.mark.parametrize("section", ["mqar", "lm"])  # lm --quick writes its small text files only once accepted
+def test_llama_match_to_where_it_cannot_apply_is_one_line(tmp_path, capsys, options, message, section):
     with pytest.raises(SystemExit):
-        cli_main(["bench", "mqar", "--quick", "--models", "llama", "elita", "--output-dir", str(tmp_path), *options])
+        cli_main(["bench", section, "--quick", "--models", "llama", "elita", "--output-dir", str(tmp_path), *options])
     out, err = capsys.readouterr()
     assert re.search(message, err) and "Traceback" not in err and len(err.strip().splitlines()) <= 2
     assert not out  # the error alone: not even the subnormal-flush line of a run that starts
