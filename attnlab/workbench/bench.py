@@ -97,8 +97,6 @@ def main(argv: list[str] | None = None):
     if args.quick:
         for key, value in QUICK[args.section].items():
             setattr(args, key, value)
-        if args.section == "lm":  # a few kB of the plays (written below) instead of the whole corpus for every run
-            args.work_dir = str(Path(args.output_dir) / "bench-lm-runs")
     args.name = args.name or args.section + ("-quick" if args.quick else "")
     args.models = list(dict.fromkeys([*args.models, *(m for mixer in args.mixer for m in (mixer, f"{mixer}+attention"))]))
     if args.llama_match_to is not None and args.llama_match != "params":
@@ -107,7 +105,8 @@ def main(argv: list[str] | None = None):
         parser.error("--llama-match-to: name the models (other than llama) whose mean parameter count Llama matches")
     for name in [*args.models, *(args.llama_match_to or [])]:
         get_member(name)  # an unknown name or a mixer path that does not import: one line, before any work
-    if args.quick and args.section == "lm":  # only once the options are accepted: a refusal writes nothing
+    if args.quick and args.section == "lm":  # a few kB of the plays, written only once the options are accepted
+        args.work_dir = str(Path(args.output_dir) / "bench-lm-runs")
         args.train_files, args.validation_files = bench_lm.quick_text_files(Path(args.work_dir))
     # After the option checks (a bad option answers with its error alone), before any tensor work, so that torch's
     # threads inherit it.
